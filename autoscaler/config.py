@@ -1,0 +1,344 @@
+"""The YAML configuration, validated by pydantic, with every problem reported at its path in the file."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoscaler.types import NodeShape, frozen_map
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShapeConfig(_Strict):
+    """A node shape: the name must match the Ray node type (``available_node_types`` key)."""
+
+    name: str = Field(min_length=1)
+    resources: dict[str, float]
+    price_per_hour: float = Field(ge=0)
+    min: int = Field(default=0, ge=0)
+    max: int = Field(default=100, ge=0)
+    launch_seconds: float = Field(default=120.0, gt=0)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("a node shape needs at least one resource")
+        for name, amount in v.items():
+            if not math.isfinite(amount) or amount < 0:
+                raise ValueError(f"resource {name!r} must be a finite amount >= 0, got {amount}")
+        return v
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> ShapeConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+    def to_shape(self) -> NodeShape:
+        return NodeShape(
+            name=self.name,
+            resources=frozen_map(self.resources),
+            price_per_hour=self.price_per_hour,
+            min_count=self.min,
+            max_count=self.max,
+            launch_seconds=self.launch_seconds,
+        )
+
+
+class StageConfig(_Strict):
+    """A pipeline stage profile: which Ray Data operator it is and what one task (slot) needs."""
+
+    name: str = Field(min_length=1)
+    operator: str | None = None
+    """Regular expression matched (search) against the ``operator`` label; default: the name itself."""
+    dataset: str | None = None
+    """Regular expression matched against the ``dataset`` label; default: any dataset."""
+    resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    prior_rate: dict[str, float] = Field(default_factory=dict)
+    """Units of work per second one slot does on each shape, used until observations say otherwise."""
+    max_slots: int | None = Field(default=None, ge=1)
+
+    @field_validator("operator", "dataset")
+    @classmethod
+    def _valid_regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from e
+        return v
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        if not any(a > 0 for a in v.values()):
+            raise ValueError("a stage slot must need some resource (e.g. CPU: 1)")
+        for name, amount in v.items():
+            if not math.isfinite(amount) or amount < 0:
+                raise ValueError(f"resource {name!r} must be a finite amount >= 0, got {amount}")
+        return v
+
+    @field_validator("prior_rate")
+    @classmethod
+    def _rates_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for shape, rate in v.items():
+            if not math.isfinite(rate) or rate <= 0:
+                raise ValueError(f"prior rate on {shape!r} must be a finite number > 0, got {rate}")
+        return v
+
+    def operator_pattern(self) -> re.Pattern[str]:
+        return re.compile(self.operator if self.operator is not None else re.escape(self.name))
+
+    def dataset_pattern(self) -> re.Pattern[str] | None:
+        return None if self.dataset is None else re.compile(self.dataset)
+
+
+class TargetsConfig(_Strict):
+    drain_seconds: float = Field(default=120.0, gt=0)
+    """A backlog should be worked off within this time."""
+    headroom: float = Field(default=0.2, ge=0, le=10)
+    """Extra capacity on top of the rate the stage needs (0.2 = 20%)."""
+
+
+class BoundsConfig(_Strict):
+    max_nodes: int = Field(default=1000, ge=0)
+    budget_per_hour: float = Field(default=math.inf, ge=0)
+    max_step_up: int = Field(default=10, ge=1)
+    """At most this many nodes added per shape in one tick."""
+    max_step_down: int = Field(default=2, ge=1)
+    """At most this many nodes removed per shape in one tick."""
+    scale_down_window_seconds: float = Field(default=300.0, ge=0)
+    """Scale down only after every plan in this window asked for less."""
+
+
+class PrometheusConfig(_Strict):
+    url: str | None = None
+    bearer_token: str | None = None
+    bearer_token_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    staleness_seconds: float = Field(default=60.0, gt=0)
+    """A sample older than this is unknown, not a value."""
+    rate_window: str = Field(default="1m", pattern=r"^[0-9]+(ms|s|m|h)$")
+    queries: dict[str, str] = Field(default_factory=dict)
+    """Overrides of the PromQL templates, by template name (see docs/configuration.md)."""
+
+    @model_validator(mode="after")
+    def _auth_consistent(self) -> PrometheusConfig:
+        if self.bearer_token and self.bearer_token_file:
+            raise ValueError("give bearer_token or bearer_token_file, not both")
+        if (self.bearer_token or self.bearer_token_file) and self.username:
+            raise ValueError("give bearer token auth or basic auth (username), not both")
+        if (self.password or self.password_file) and not self.username:
+            raise ValueError("a password needs a username")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file")
+        return self
+
+
+class PolicyConfig(_Strict):
+    name: str = "throughput"
+    """An installed policy (``raytide policies``) or a ``module:attr`` reference."""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(_Strict):
+    shapes: list[ShapeConfig] = Field(min_length=1)
+    stages: list[StageConfig] = Field(default_factory=list)
+    targets: TargetsConfig = Field(default_factory=TargetsConfig)
+    bounds: BoundsConfig = Field(default_factory=BoundsConfig)
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    default_stage_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    """What one slot of a stage that has no profile needs."""
+    ignore_operators: str = r"^(Input|InputDataBuffer)(_\d+)?$"
+    """Operators matching this regular expression are not stages (Ray Data's internal input buffers)."""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        names = [s.name for s in self.shapes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"node shape names must be unique; repeated: {', '.join(dupes)}")
+        stage_names = [s.name for s in self.stages]
+        sdupes = sorted({n for n in stage_names if stage_names.count(n) > 1})
+        if sdupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(sdupes)}")
+        known = set(names)
+        for st in self.stages:
+            bad = sorted(set(st.prior_rate) - known)
+            if bad:
+                raise ValueError(f"stage {st.name!r}: prior_rate names unknown shapes: {', '.join(bad)}")
+            if not any(_fits(st.resources, sh.resources) for sh in self.shapes):
+                raise ValueError(
+                    f"stage {st.name!r}: one slot needs {st.resources}, which fits on no node shape"
+                )
+        min_nodes = sum(s.min for s in self.shapes)
+        if min_nodes > self.bounds.max_nodes:
+            raise ValueError(
+                f"the shapes' minimum counts add up to {min_nodes} nodes, over bounds.max_nodes "
+                f"({self.bounds.max_nodes})"
+            )
+        min_cost = sum(s.min * s.price_per_hour for s in self.shapes)
+        if min_cost > self.bounds.budget_per_hour:
+            raise ValueError(
+                f"the shapes' minimum counts cost {min_cost:.2f} $/h, over bounds.budget_per_hour "
+                f"({self.bounds.budget_per_hour})"
+            )
+        return self
+
+    def node_shapes(self) -> tuple[NodeShape, ...]:
+        return tuple(s.to_shape() for s in self.shapes)
+
+    def stage_profile(self, name: str) -> StageConfig | None:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        return None
+
+    def stage_resources(self, name: str) -> Mapping[str, float]:
+        profile = self.stage_profile(name)
+        return frozen_map(profile.resources if profile else self.default_stage_resources)
+
+
+def _fits(need: Mapping[str, float], have: Mapping[str, float]) -> bool:
+    return all(have.get(k, 0.0) >= v for k, v in need.items() if v > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path} (line {self.line})" if self.line is not None else self.path
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` lists every one found."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{lines}")
+
+
+def _line_index(node: yaml.Node | None, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    """Map every path in a YAML document to its 1-based line, so problems point at the file."""
+    if node is None:
+        return
+    out[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+            out[(*prefix, k)] = key.start_mark.line + 1
+            _line_index(value, (*prefix, k), out)
+            out[(*prefix, k)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*prefix, i), out)
+
+
+def _format_path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate YAML text; raise ConfigError listing every problem with its path and line."""
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(source, [ConfigProblem("(file)", line, f"not valid YAML: {e}")]) from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("(top level)", 1, "the configuration must be a YAML mapping")])
+    lines: dict[tuple[str | int, ...], int] = {}
+    _line_index(root, (), lines)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+            # pydantic appends validator names (e.g. "function-after[...]") to some locations
+            clean = tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
+            line = None
+            for n in range(len(clean), -1, -1):
+                if clean[:n] in lines:
+                    line = lines[clean[:n]]
+                    break
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(ConfigProblem(_format_path(clean), line, msg))
+        raise ConfigError(source, problems) from e
+
+
+def load_config(path: Path | str) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(p), [ConfigProblem("(file)", None, f"cannot read: {e.strerror or e}")]) from e
+    return parse_config(text, str(p))
+
+
+EXAMPLE_CONFIG = """\
+# raytide configuration — see docs/configuration.md for every field.
+shapes:
+  - name: cpu4            # must match a Ray node type name
+    resources: {CPU: 4}
+    price_per_hour: 0.20
+    min: 0
+    max: 8
+    launch_seconds: 60
+  - name: gpu1
+    resources: {CPU: 2, GPU: 1}
+    price_per_hour: 1.00
+    min: 0
+    max: 4
+    launch_seconds: 120
+stages:
+  - name: decode
+    operator: "MapBatches\\\\(decode\\\\)"
+    resources: {CPU: 1}
+  - name: infer
+    operator: "MapBatches\\\\(Infer\\\\)"
+    resources: {CPU: 1, GPU: 1}
+targets:
+  drain_seconds: 60
+  headroom: 0.2
+bounds:
+  max_nodes: 12
+  budget_per_hour: 10
+  scale_down_window_seconds: 300
+"""
