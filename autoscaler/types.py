@@ -102,6 +102,8 @@ class StageObservation:
     """Tasks or actors of this stage running now (the slots doing the work)."""
     slots_by_shape: Mapping[str, float] = field(default_factory=frozen_map)
     """How the busy slots split over node shapes, when known (attribution for the throughput models)."""
+    upstream: str | None = None
+    """The stage feeding this one, when known: its extra output after scaling becomes this stage's input."""
 
     @property
     def complete(self) -> bool:
@@ -131,6 +133,9 @@ class Snapshot:
     stages: tuple[StageObservation, ...]
     errors: tuple[str, ...] = ()
     """Everything that went wrong while observing; non-empty means some inputs are unknown."""
+    pending_demand: tuple[Mapping[str, float], ...] = ()
+    """Resource bundles waiting for a node (tasks and actors Ray could not place), as Ray's autoscaler sees
+    them; what demand-driven policies such as ``ray-default`` scale on."""
 
     def shape(self, name: str) -> NodeShape:
         for s in self.shapes:
@@ -196,6 +201,8 @@ class ShapeChange:
     current: int
     target: int
     reason: str
+    proposed: int | None = None
+    """What the policy and planner asked for before guardrails (None when the policy gave counts)."""
 
     @property
     def delta(self) -> int:

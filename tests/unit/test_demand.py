@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from autoscaler.demand import DemandTargets, stage_demands
+from autoscaler.types import Reading, StageObservation
+
+
+def stage(
+    name: str,
+    *,
+    backlog: float | None = 0.0,
+    throughput: float | None = 10.0,
+    arrival: float | None = 10.0,
+    slots: float | None = 1.0,
+    upstream: str | None = None,
+) -> StageObservation:
+    def r(v: float | None) -> Reading:
+        return Reading.unknown("missing") if v is None else Reading.of(v)
+
+    return StageObservation(
+        name=name,
+        backlog=r(backlog),
+        throughput=r(throughput),
+        arrival_rate=r(arrival),
+        slots_busy=r(slots),
+        upstream=upstream,
+    )
+
+
+T = DemandTargets(drain_seconds=100.0, headroom=0.0)
+
+
+def test_target_is_arrival_plus_backlog_drain() -> None:
+    (d,) = stage_demands((stage("a", backlog=500.0, arrival=10.0),), T)
+    assert d.target_rate == 15.0
+    assert not d.hold
+    assert "backlog 500" in d.reason
+
+
+def test_headroom_multiplies() -> None:
+    (d,) = stage_demands((stage("a", arrival=10.0),), DemandTargets(drain_seconds=100.0, headroom=0.5))
+    assert d.target_rate == 15.0
+
+
+def test_unknown_input_holds_never_zero_demand_decision() -> None:
+    (d,) = stage_demands((stage("a", backlog=None),), T)
+    assert d.hold
+    assert "a.backlog: missing" in d.reason
+
+
+def test_upstream_catch_up_flows_downstream_in_one_step() -> None:
+    up = stage("decode", backlog=1000.0, throughput=10.0, arrival=10.0)
+    down = stage("infer", backlog=0.0, throughput=10.0, arrival=10.0, upstream="decode")
+    d_up, d_down = stage_demands((up, down), T)
+    assert d_up.target_rate == 20.0
+    # decode will produce 10/s more once scaled; infer must be sized for it now, not a tick later.
+    assert d_down.target_rate == 20.0
+    assert "from decode" in d_down.reason
+
+
+def test_selectivity_scales_upstream_extra() -> None:
+    up = stage("split", backlog=1000.0, throughput=10.0, arrival=10.0)
+    down = stage("infer", throughput=20.0, arrival=20.0, upstream="split")
+    _, d_down = stage_demands((up, down), T)
+    assert d_down.target_rate == 40.0
+
+
+def test_order_of_input_is_kept_and_cycles_do_not_hang() -> None:
+    a = stage("a", upstream="b")
+    b = stage("b", upstream="a")
+    out = stage_demands((a, b), T)
+    assert [d.stage for d in out] == ["a", "b"]
+
+
+def test_negative_inputs_are_clamped() -> None:
+    (d,) = stage_demands((stage("a", backlog=0.0, arrival=0.0, throughput=0.0),), T)
+    assert d.target_rate == 0.0
