@@ -244,7 +244,9 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{lines}")
 
 
-def _line_index(node: yaml.Node | None, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+def _line_index(
+    node: yaml.Node | None, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
+) -> None:
     """Map every path in a YAML document to its 1-based line, so problems point at the file."""
     if node is None:
         return
@@ -282,7 +284,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(source, [ConfigProblem("(top level)", 1, "the configuration must be a YAML mapping")])
+        raise ConfigError(
+            source, [ConfigProblem("(top level)", 1, "the configuration must be a YAML mapping")]
+        )
     lines: dict[tuple[str | int, ...], int] = {}
     _line_index(root, (), lines)
     try:

@@ -43,8 +43,24 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def stage_demands(stages: tuple[StageObservation, ...], targets: DemandTargets) -> tuple[StageDemand, ...]:
-    """One StageDemand per stage, in the order given. Unknown inputs give ``hold=True``, never a zero."""
+def stage_demands(
+    stages: tuple[StageObservation, ...],
+    targets: DemandTargets,
+    *,
+    lead_seconds: Mapping[str, float] | None = None,
+    recent_arrival: Mapping[str, float] | None = None,
+) -> tuple[StageDemand, ...]:
+    """One StageDemand per stage, in the order given. Unknown inputs give ``hold=True``, never a zero.
+
+    ``recent_arrival`` (stage → units/s since the previous decision) is used where it is higher than the
+    windowed ``arrival_rate``: a rate over a long window lags a step in load by most of the window, and
+    sizing from it would take several decisions to reach the target. ``lead_seconds`` (stage → seconds until
+    new capacity for it can be usable) projects a growing backlog to the moment that capacity lands, so the
+    target does not creep up tick by tick while nodes boot: the backlog to drain is the one the new nodes
+    will find, which the growth seen on each tick does not change.
+    """
+    leads = lead_seconds or {}
+    recent = recent_arrival or {}
     need: dict[str, float] = {}
     out: dict[str, StageDemand] = {}
     by_name: Mapping[str, StageObservation] = {s.name: s for s in stages}
@@ -57,9 +73,12 @@ def stage_demands(stages: tuple[StageObservation, ...], targets: DemandTargets) 
                 hold=True,
             )
             continue
-        arrival = max(0.0, st.arrival_rate.get())
+        arrival = max(0.0, st.arrival_rate.get(), recent.get(st.name, 0.0))
         backlog = max(0.0, st.backlog.get())
-        drain = backlog / targets.drain_seconds
+        growth = max(0.0, arrival - st.throughput.get())
+        lead = max(0.0, leads.get(st.name, 0.0))
+        projected = backlog + growth * lead
+        drain = projected / targets.drain_seconds
         extra = 0.0
         up = by_name.get(st.upstream) if st.upstream else None
         if up is not None and up.name in need and up.throughput.known:

@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from types import MappingProxyType
 
 from autoscaler.config import Config, StageConfig
@@ -222,7 +223,7 @@ def infer_upstreams(config: Config, result: QueryResult) -> dict[str, str]:
     edges: dict[str, set[str]] = {}
     for ops in per_dataset.values():
         ops.sort()
-        for (_, up), (_, down) in zip(ops, ops[1:], strict=False):
+        for (_, up), (_, down) in pairwise(ops):
             if up != down:
                 edges.setdefault(down, set()).add(up)
     return {down: next(iter(ups)) for down, ups in sorted(edges.items()) if len(ups) == 1}

@@ -111,7 +111,7 @@ def load_policy(ref: str, options: Mapping[str, Any] | None = None) -> Policy:
         json.dumps(opts)
     except TypeError as e:
         raise PolicyLoadError(f"policy {ref!r}: options must be plain YAML/JSON values ({e})") from e
-    if isinstance(factory, type) or callable(factory) and not hasattr(factory, "decide"):
+    if isinstance(factory, type) or (callable(factory) and not hasattr(factory, "decide")):
         try:
             policy = factory(**opts)
         except (TypeError, ValueError) as e:

@@ -38,7 +38,9 @@ TEMPLATES: Mapping[str, str] = MappingProxyType(
             f"{_BY_STAGE} (rate(ray_data_num_task_inputs_processed[{{window}}]))"
             f" + {_BY_STAGE} (deriv(ray_data_operator_queued_blocks[{{window}}]))"
         ),
-        "stage_slots": f"{_BY_STAGE} (ray_data_num_tasks_running)",
+        # Averaged over the same window as the throughput it is divided into: an instantaneous gauge paired
+        # with a windowed rate makes per-slot rates (and the fitted scaling exponent) swing tick to tick.
+        "stage_slots": f"{_BY_STAGE} (avg_over_time(ray_data_num_tasks_running[{{window}}]))",
         "stage_cpu_cores": f"{_BY_STAGE} (ray_data_cpu_usage_cores)",
         "stage_gpu_cores": f"{_BY_STAGE} (ray_data_gpu_usage_cores)",
         # An exporter that stops updating keeps its last value visible for Prometheus' 5-minute lookback;

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from replay import PrometheusServer, PrometheusStartError, ReplayExporter, load_frames
+
+from tests.integration.replay import PrometheusServer, PrometheusStartError, ReplayExporter, load_frames
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURE = Path("ray-2.60-two-stage") / "scrapes.tgz"

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from replay import PrometheusServer
 
 from autoscaler.config import EXAMPLE_CONFIG, Config, PrometheusConfig, parse_config
 from autoscaler.observe import OBSERVE_TEMPLATES, build_snapshot
 from autoscaler.prometheus import PrometheusSource
+from tests.integration.replay import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

@@ -62,7 +62,7 @@ def test_no_scale_down_until_window_watched() -> None:
 def test_scale_down_only_to_highest_plan_in_window() -> None:
     state = GuardState(watching_since=0.0)
     _, state, _ = run({"cpu": 3, "gpu": 0}, {"cpu": 3, "gpu": 0}, now=900.0, state=state)
-    out, state, reasons = run({"cpu": 1, "gpu": 0}, {"cpu": 3, "gpu": 0}, now=1000.0, state=state)
+    out, state, _ = run({"cpu": 1, "gpu": 0}, {"cpu": 3, "gpu": 0}, now=1000.0, state=state)
     assert out["cpu"] == 3
     out, _, _ = run({"cpu": 1, "gpu": 0}, {"cpu": 3, "gpu": 0}, now=1201.0, state=state)
     assert out["cpu"] == 1
@@ -118,7 +118,11 @@ def test_bounds_and_budget_always_hold(
     since: float | None,
 ) -> None:
     limits = GuardLimits(
-        max_nodes=max_nodes, budget_per_hour=budget, max_step_up=3, max_step_down=2, scale_down_window_seconds=window
+        max_nodes=max_nodes,
+        budget_per_hour=budget,
+        max_step_up=3,
+        max_step_down=2,
+        scale_down_window_seconds=window,
     )
     out, _, _ = run(proposed, current, known=known, limits=limits, state=GuardState(watching_since=since))
     for s in SHAPES:

@@ -1,0 +1,65 @@
+"""``raytide recommend``: read recent history from Prometheus, learn from it, and plan — acting on nothing.
+
+The throughput models need more than one instant to learn from, so the recommendation replays the last
+``history_seconds`` of metrics (instant queries evaluated at past times) through the very decision function
+the daemon runs, and reports the decision for the newest instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from autoscaler.config import Config
+from autoscaler.decision import Decision, DecisionState, decide
+from autoscaler.observe import build_snapshot
+from autoscaler.policy import Policy
+from autoscaler.prometheus import PrometheusSource
+from autoscaler.throughput import ThroughputModels
+from autoscaler.types import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    snapshot: Snapshot
+    decision: Decision
+    history: tuple[Snapshot, ...]
+
+
+def sample_times(end: float, history_seconds: float, step_seconds: float) -> list[float]:
+    """Evaluation instants, oldest first, ending at ``end``."""
+    if step_seconds <= 0:
+        raise ValueError("step must be > 0")
+    n = max(0, int(history_seconds // step_seconds))
+    return [end - k * step_seconds for k in range(n, -1, -1)]
+
+
+async def fetch_history(
+    source: PrometheusSource,
+    config: Config,
+    times: list[float],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Snapshot]:
+    snapshots = []
+    for i, t in enumerate(times):
+        results = await source.query_templates(at=t)
+        snapshots.append(build_snapshot(config, t, results))
+        if progress is not None:
+            progress(i + 1, len(times))
+    return snapshots
+
+
+def recommend_from(
+    history: list[Snapshot], config: Config, policy: Policy, *, min_samples: int = 2
+) -> Recommendation:
+    """Pure: replay the snapshots through ``decide`` and keep the last decision."""
+    if not history:
+        raise ValueError("no snapshots to recommend from")
+    models = ThroughputModels(min_samples=min_samples)
+    state = DecisionState()
+    decision: Decision | None = None
+    for snap in history:
+        decision = decide(snap, config, models, policy, state)
+        state = decision.state
+    assert decision is not None
+    return Recommendation(snapshot=history[-1], decision=decision, history=tuple(history))

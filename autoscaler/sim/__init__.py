@@ -1,0 +1,38 @@
+"""``raytide simulate``: a discrete-time simulator of a Ray cluster running a multi-stage pipeline.
+
+It measures the decision quality of any policy through the very ``autoscaler.decision.decide`` the daemon
+runs (guardrails and planner included). Public API::
+
+    from autoscaler.sim import load_scenario, simulate, summarize
+    run = simulate(load_scenario("scenarios/step.yaml"), load_policy("throughput"))
+    print(summarize(run).metrics.to_json())
+"""
+
+from autoscaler.sim.engine import DecisionRecord, NodeLog, SimRun, Simulation, simulate
+from autoscaler.sim.results import Convergence, RunMetrics, RunResult, Series, run_policy, summarize
+from autoscaler.sim.scenario import (
+    Scenario,
+    load_scenario,
+    parse_scenario,
+    resolve_scenarios,
+    scenarios_dir,
+)
+
+__all__ = [
+    "Convergence",
+    "DecisionRecord",
+    "NodeLog",
+    "RunMetrics",
+    "RunResult",
+    "Scenario",
+    "Series",
+    "SimRun",
+    "Simulation",
+    "load_scenario",
+    "parse_scenario",
+    "resolve_scenarios",
+    "run_policy",
+    "scenarios_dir",
+    "simulate",
+    "summarize",
+]
