@@ -109,6 +109,9 @@ class TargetsConfig(_Strict):
     """A backlog should be worked off within this time."""
     headroom: float = Field(default=0.2, ge=0, le=10)
     """Extra capacity on top of the rate the stage needs (0.2 = 20%)."""
+    scale_up_deadband: float = Field(default=0.5, ge=0, le=1)
+    """Scale up only once the nodes there are could not serve the demand with this share of the headroom
+    used up (0.5: still add nodes while half the headroom is left; 0: react to any shortfall of headroom)."""
 
 
 class BoundsConfig(_Strict):

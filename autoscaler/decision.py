@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from autoscaler.config import Config
 from autoscaler.guardrails import GuardLimits, GuardState, apply_guardrails
 from autoscaler.policy import Policy, PolicyContext, PolicyDecision
-from autoscaler.selection import SelectionProblem, StageRequirement, select_shapes
+from autoscaler.selection import Selection, SelectionProblem, StageRequirement, select_shapes
 from autoscaler.throughput import RateEstimate, ThroughputModels
 from autoscaler.types import Placement, Plan, ShapeChange, Snapshot, StageDemand, UnmetDemand
 
@@ -129,6 +129,29 @@ def _explain(
     return head
 
 
+def _deadband(
+    problem: SelectionProblem, selection: Selection, current: Mapping[str, int], config: Config
+) -> Selection:
+    """Keep the nodes there are while they still serve the demand with part of the headroom to spare.
+
+    Without it every upward wiggle of a noisy rate adds a node at once, and the slow, windowed scale-down
+    takes it away minutes later: churn and reversals for no gain. The check plans within today's counts
+    for demand with only ``1 - scale_up_deadband`` of the headroom; if that leaves nothing unmet, the
+    cluster is big enough, and that plan (which may also shed nodes, through the guardrails' window) is
+    used — never the up half of a reshuffle without its down half.
+    """
+    h = config.targets.headroom
+    keep = 1.0 - config.targets.scale_up_deadband
+    if h <= 0 or keep >= 1.0:
+        return selection
+    factor = (1.0 + h * keep) / (1.0 + h)
+    reduced = tuple(replace(r, target_rate=r.target_rate * factor) for r in problem.stages)
+    within = select_shapes(replace(problem, stages=reduced, upper=dict(current)))
+    if within.unmet or within.status != "optimal":
+        return selection
+    return within
+
+
 def decide(
     snapshot: Snapshot,
     config: Config,
@@ -158,6 +181,8 @@ def decide(
             lower={} if inputs_known else dict(current),
         )
         selection = select_shapes(problem)
+        if inputs_known and any(selection.counts.get(n, 0) > c for n, c in current.items()):
+            selection = _deadband(problem, selection, current, config)
         proposed: dict[str, int] = dict(selection.counts)
         placements = selection.placements
         unmet = selection.unmet
