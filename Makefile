@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit integration bench install system-deps clean
+.PHONY: test demo lint typecheck unit integration bench install system-deps plugin-example clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q -m "not integration" tests
 
-test: install system-deps lint typecheck
+# The out-of-tree example plugin is installed and run through the contract suite, as a plugin author would.
+plugin-example: install
+	PY=$(CURDIR)/$(BIN)/python bash docs/examples/raytide-policy-example/check.sh
+
+test: install system-deps lint typecheck plugin-example
 	$(BIN)/pytest -q tests
 
 demo: install
@@ -48,6 +52,8 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/decision_latency.py
+	$(BIN)/python bench/policy_quality.py
+	$(BIN)/python bench/sim_speed.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
 
 from autoscaler.config import EXAMPLE_CONFIG, Config, ConfigError, load_config, parse_config
 from autoscaler.policy import PolicyLoadError, installed_policies, load_policy
@@ -184,6 +185,49 @@ def recommend(
 from autoscaler.sim.command import simulate as _simulate  # noqa: E402  (registered after the core commands)
 
 app.command("simulate")(_simulate)
+
+
+@app.command("demo")
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the report (PNG + JSON) goes.")] = Path(
+        "raytide-report"
+    ),
+) -> None:
+    """Show raytide deciding, with nothing to install: a simulated CPU→GPU pipeline under a step in load,
+    the default policy against an emulation of Ray's own autoscaling, with a PNG timeline and a JSON report.
+
+    (The live version — the daemon driving a local autoscaling Ray cluster — is not built yet.)
+    """
+    import json as _json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "summary.json"
+    err.print(
+        "raytide demo: simulating the 'step' scenario (CPU decode → GPU inference, load 100/s → 300/s → "
+        "100/s) under the throughput policy and under ray-default (Ray's autoscaler + Ray Data)…"
+    )
+    from autoscaler.sim.command import results_json
+    from autoscaler.sim.plot import plot_scenario
+    from autoscaler.sim.results import run_policy
+    from autoscaler.sim.scenario import resolve_scenarios
+
+    (path, scenario), *_ = resolve_scenarios(["step"])
+    runs = {}
+    for name in ("throughput", "ray-default"):
+        runs[name] = run_policy(scenario, load_policy(name))
+    png = plot_scenario(scenario.name, runs, out_dir / "timeline.png")
+    doc = results_json([(path, scenario)], {scenario.name: runs})
+    json_path.write_text(_json.dumps(doc, indent=2))
+    table = Table(title=f"{scenario.name}: {scenario.description}", title_justify="left")
+    for col in ("policy", "cost $", "SLO-miss s", "scale actions", "reversals"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, r in runs.items():
+        m = r.metrics
+        table.add_row(
+            name, f"{m.cost:.2f}", f"{m.slo_miss_seconds:.0f}", str(m.scale_actions), str(m.reversals)
+        )
+    Console().print(table)
+    Console().print(f"timeline: {png}\nsummary: {json_path}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -113,7 +113,7 @@ def _explain(
     policy_reasons: tuple[str, ...],
 ) -> str:
     mine = [p for p in placements if p.shape == shape]
-    work = ", ".join(f"{p.slots} {p.stage} slot(s) at {p.rate:.3g}/s" for p in mine)
+    work = ", ".join(f"{p.slots} {p.stage} slot(s) giving {p.rate:.3g}/s" for p in mine)
     if target > current:
         head = f"add {target - current}: " + (work or "asked for by the policy")
     elif target < current:

@@ -13,14 +13,16 @@ from tests.integration.replay import PrometheusServer, free_port
 
 pytestmark = pytest.mark.integration
 
+# The capture's cluster: one 4-CPU node and one node whose only CPU goes with its (fake) GPU, so decode can
+# only grow on cpu4. A 5 s drain target makes the capture's decode backlog more than one cpu4 node can clear.
 CONFIG = """
 shapes:
-  - {name: cpu4, resources: {CPU: 4}, price_per_hour: 0.20, min: 0, max: 8}
-  - {name: gpu1, resources: {CPU: 2, GPU: 1}, price_per_hour: 1.00, min: 0, max: 4}
+  - {name: cpu4, resources: {CPU: 4}, price_per_hour: 0.20, min: 0, max: 8, launch_seconds: 10}
+  - {name: gpu1, resources: {CPU: 1, GPU: 1}, price_per_hour: 1.00, min: 0, max: 4, launch_seconds: 10}
 stages:
   - {name: decode, operator: "MapBatches\\\\(decode\\\\)", resources: {CPU: 1}}
   - {name: infer, operator: "MapBatches\\\\(Infer\\\\)", resources: {CPU: 1, GPU: 1}}
-targets: {drain_seconds: 10, headroom: 0.2}
+targets: {drain_seconds: 5, headroom: 0.2}
 prometheus: {rate_window: 10s}
 """
 
@@ -32,13 +34,18 @@ def config_file(tmp_path: Path) -> Path:
     return p
 
 
+def wait_for_history(server: PrometheusServer) -> None:
+    """Until Prometheus holds enough scrapes for the history and rate window the tests ask for."""
+    server.wait_for_series("min(count_over_time(ray_data_num_task_inputs_processed[30s])) >= 20")
+
+
 def run(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
 
 
 def test_recommend_adds_decode_capacity(prometheus_server: PrometheusServer, config_file: Path) -> None:
-    prometheus_server.wait_for_series("rate(ray_data_num_task_inputs_processed[10s]) > 0")
+    wait_for_history(prometheus_server)
     code, out, errout = run(
         "recommend",
         "--prometheus",
@@ -59,8 +66,32 @@ def test_recommend_adds_decode_capacity(prometheus_server: PrometheusServer, con
     assert stages["decode"]["backlog"] > 0
     assert stages["decode"]["bottleneck"]
     assert plan["cpu4"]["target"] > plan["cpu4"]["current"]
-    assert plan["cpu4"]["reason"]
-    print(json.dumps(doc, indent=1))
+    assert "decode" in plan["cpu4"]["reason"]
+    decode_slots = sum(p["slots"] for p in doc["placements"] if p["stage"] == "decode")
+    assert decode_slots > stages["decode"]["slots_busy"]
+    # The read stage does no work in this window: no slot, no node is planned for it.
+    assert stages["ReadRange_1"]["throughput"] == 0
+    assert not [p for p in doc["placements"] if p["stage"] == "ReadRange_1"]
+    assert all(p["shape"] != "cpu4" for p in doc["placements"] if p["stage"] == "infer")
+    assert doc["cost_per_hour"]["target"] >= doc["cost_per_hour"]["now"]
+
+
+def test_recommend_table_explains_each_change(prometheus_server: PrometheusServer, config_file: Path) -> None:
+    wait_for_history(prometheus_server)
+    code, out, errout = run(
+        "recommend",
+        "--prometheus",
+        prometheus_server.url,
+        "--config",
+        str(config_file),
+        "--history",
+        "4s",
+        "--step",
+        "2s",
+    )
+    assert code == 0, errout
+    assert "bottleneck" in out
+    assert "cpu4" in out and "decode slot(s)" in out
 
 
 def test_unreachable_prometheus_exits_3_with_a_fix(config_file: Path) -> None:
