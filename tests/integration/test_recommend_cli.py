@@ -40,7 +40,8 @@ def wait_for_history(server: PrometheusServer) -> None:
 
 
 def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
+    # Wide enough that rich does not wrap table cells (CliRunner is not a terminal: 80 columns otherwise).
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
     return result.exit_code, result.stdout, result.stderr
 
 
