@@ -112,6 +112,10 @@ class TargetsConfig(_Strict):
     scale_up_deadband: float = Field(default=0.5, ge=0, le=1)
     """Scale up only once the nodes there are could not serve the demand with this share of the headroom
     used up (0.5: still add nodes while half the headroom is left; 0: react to any shortfall of headroom)."""
+    scale_down_deadband: float = Field(default=0.5, ge=0, le=10)
+    """Scale down only once the nodes there are could serve this much more than the demand, headroom
+    included (0.5: 50% more, i.e. they would run below 1 / (1.5 × (1 + headroom)) of their capacity; 0:
+    follow every drop). Keeps capacity bought for a backlog or a noisy peak instead of flapping."""
 
 
 class BoundsConfig(_Strict):

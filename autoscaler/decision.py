@@ -17,7 +17,15 @@ from autoscaler.guardrails import GuardLimits, GuardState, apply_guardrails
 from autoscaler.policy import Policy, PolicyContext, PolicyDecision
 from autoscaler.selection import Selection, SelectionProblem, StageRequirement, select_shapes
 from autoscaler.throughput import RateEstimate, ThroughputModels
-from autoscaler.types import Placement, Plan, ShapeChange, Snapshot, StageDemand, UnmetDemand
+from autoscaler.types import (
+    Placement,
+    Plan,
+    ShapeChange,
+    Snapshot,
+    StageDemand,
+    StageObservation,
+    UnmetDemand,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,24 +82,128 @@ def stage_estimates(
     return out
 
 
+_EFFICIENCY_FLOOR = 0.95
+"""The lowest scaling exponent a plan extrapolates with. A fit over a narrow range of slot counts (a steady
+stage) or over a transient (a step, where windowed rates and busy slots lag differently) can put the
+exponent anywhere down to the model's 0.5, and ``rate(n) = r·n^0.5`` sized from it asks for several times
+the nodes a stage needs; real stages that scale worse than this are rare, and their shortfall shows in the
+next observation (see ``_CALIBRATION_BAND``) rather than as a cluster bought on an artefact."""
+
+_CALIBRATION_BAND = 1.15
+"""How far (as a ratio) a model may disagree with what a stage does now before the observation wins.
+Within the band the model is used as it is, so rate noise does not move plans; beyond it the model is
+re-anchored to within the band of the observed per-slot rate (a soft threshold: no jump at its edge)."""
+
+_CALIBRATION_LIMIT = 2.0
+"""Re-anchoring never moves a model by more than this factor in one decision."""
+
+
+def _calibration(
+    obs: StageObservation | None, ests: Mapping[str, RateEstimate], efficiency_floor: float
+) -> float:
+    """Factor on the model's rates so they agree (within the band) with the stage's measured throughput.
+
+    The measured rate at the current slot split is the ground truth DS2 sizes from; the model supplies the
+    differences between shapes and the effect of scale. 1.0 when there is nothing to compare against.
+    """
+    if obs is None or not obs.complete:
+        return 1.0
+    tp = obs.throughput.get()
+    busy = obs.slots_busy.get()
+    if not (tp > 0 and busy >= 1.0):
+        return 1.0
+    predicted = 0.0
+    for shape, slots in obs.slots_by_shape.items():
+        est = ests.get(shape)
+        if est is None or not (math.isfinite(slots) and slots > 0):
+            continue
+        predicted += _with_floor(est, efficiency_floor, slots).rate(slots)
+    if not (predicted > 0 and math.isfinite(predicted)):
+        return 1.0
+    ratio = tp / predicted
+    if ratio > _CALIBRATION_BAND:
+        ratio /= _CALIBRATION_BAND
+    elif ratio < 1.0 / _CALIBRATION_BAND:
+        ratio *= _CALIBRATION_BAND
+    else:
+        return 1.0
+    return min(_CALIBRATION_LIMIT, max(1.0 / _CALIBRATION_LIMIT, ratio))
+
+
+def _with_floor(est: RateEstimate, efficiency_floor: float, anchor: float = 1.0) -> RateEstimate:
+    """``est`` with its exponent raised to ``efficiency_floor``, keeping its rate at ``anchor`` slots.
+
+    The model is trusted where it has data — at the slot count the stage runs at now — and only its
+    extrapolation away from there is tempered.
+    """
+    if est.efficiency >= efficiency_floor:
+        return est
+    n = anchor if math.isfinite(anchor) and anchor > 1.0 else 1.0
+    rate = est.per_slot_rate * n ** (est.efficiency - efficiency_floor)
+    return replace(est, per_slot_rate=rate, efficiency=efficiency_floor)
+
+
+def _anchor(obs: StageObservation | None, shape: str) -> float:
+    if obs is None:
+        return 1.0
+    slots = obs.slots_by_shape.get(shape, 0.0)
+    return slots if math.isfinite(slots) and slots > 1.0 else 1.0
+
+
+def _prior_bias(ests: Mapping[str, RateEstimate], priors: Mapping[str, float]) -> float:
+    """How far the configured priors were off on the shapes already observed (geometric mean ratio).
+
+    Priors are one benchmark's numbers; where the stage has been measured on some shapes, the same error is
+    the best guess for the shapes it has not run on yet, so an optimistic prior does not make an unmeasured
+    shape look cheapest.
+    """
+    logs = [
+        math.log(est.per_slot_rate / priors[shape])
+        for shape, est in ests.items()
+        if est.source == "observed" and priors.get(shape, 0.0) > 0 and est.per_slot_rate > 0
+    ]
+    if not logs:
+        return 1.0
+    return min(_CALIBRATION_LIMIT, max(1.0 / _CALIBRATION_LIMIT, math.exp(sum(logs) / len(logs))))
+
+
 def _requirements(
     demands: tuple[StageDemand, ...],
     estimates: Mapping[str, Mapping[str, RateEstimate]],
     config: Config,
+    observations: Mapping[str, StageObservation] | None = None,
 ) -> tuple[StageRequirement, ...]:
+    """Per stage, the target rate and a per-slot rate per shape that the planner can trust.
+
+    The models' rates are used (1) with the scaling exponent floored at ``_EFFICIENCY_FLOOR``, (2) re-anchored
+    to the stage's measured throughput when they disagree with it by more than ``_CALIBRATION_BAND``, (3)
+    with priors on unmeasured shapes corrected by how far the priors were off on measured ones, and (4)
+    charged for being less certain than the stage's best-known shape — ``× (1 + rel_best) / (1 + rel)`` —
+    so a shape the plan knows little about is chosen only when it is clearly cheaper, not because its guess
+    happens to be optimistic.
+    """
+    obs = observations or {}
     reqs = []
     for d in demands:
         if d.hold or d.target_rate <= 0:
             continue
         ests = estimates.get(d.stage, {})
+        profile = config.stage_profile(d.stage)
+        priors = dict(profile.prior_rate) if profile else {}
+        calib = _calibration(obs.get(d.stage), ests, _EFFICIENCY_FLOOR)
+        bias = _prior_bias(ests, priors)
+        # Uncertainty is charged relative to the best-known shape: it steers the choice between shapes
+        # without inflating the cluster of a stage that is known only from priors.
+        best_rel = min((max(0.0, e.rel_uncertainty) for e in ests.values()), default=0.0)
         per_slot: dict[str, float] = {}
-        for shape, est in ests.items():
+        for shape, raw in ests.items():
+            est = _with_floor(raw, _EFFICIENCY_FLOOR, _anchor(obs.get(d.stage), shape))
+            factor = calib * (bias if est.source == "prior" else 1.0)
             # Linearise the sub-linear model at the scale this stage would need on that shape.
-            n = max(1, est.slots_for(d.target_rate))
-            rate = est.per_slot_at(n)
+            n = max(1, est.slots_for(d.target_rate / factor))
+            rate = est.per_slot_at(n) * factor * (1.0 + best_rel) / (1.0 + max(0.0, est.rel_uncertainty))
             if math.isfinite(rate) and rate > 0:
                 per_slot[shape] = rate
-        profile = config.stage_profile(d.stage)
         reqs.append(
             StageRequirement(
                 name=d.stage,
@@ -152,6 +264,29 @@ def _deadband(
     return within
 
 
+def _hold_band(
+    problem: SelectionProblem, selection: Selection, current: Mapping[str, int], config: Config
+) -> Selection:
+    """Scale down only once the nodes that would remain are clearly more than the demand needs.
+
+    The mirror of ``_deadband``: a plan that sheds nodes is followed only when today's nodes could serve the
+    demand with ``scale_down_deadband`` more on top (headroom included) — otherwise the cluster is kept as
+    it is. Capacity bought to drain a backlog, or to ride the upper half of the noise, is then not sold
+    back minutes later and bought again at the next wiggle: the band between the deadbands is where the
+    cluster stays put (Flink's autoscaler keeps a utilisation band the same way).
+    """
+    band = config.targets.scale_down_deadband
+    if band <= 0:
+        return selection
+    inflated = tuple(replace(r, target_rate=r.target_rate * (1.0 + band)) for r in problem.stages)
+    within = select_shapes(replace(problem, stages=inflated, upper=dict(current)))
+    if within.unmet or within.status != "optimal":
+        # Today's nodes are not clearly too many: keep them all (and the plan's placements for display).
+        keep = {n: max(c, int(selection.counts.get(n, 0))) for n, c in current.items()}
+        return replace(selection, counts=MappingProxyType(keep))
+    return selection
+
+
 def decide(
     snapshot: Snapshot,
     config: Config,
@@ -174,7 +309,7 @@ def decide(
             inputs_known = False
         problem = SelectionProblem(
             shapes=snapshot.shapes,
-            stages=_requirements(demands, estimates, config),
+            stages=_requirements(demands, estimates, config, {st.name: st for st in snapshot.stages}),
             max_nodes=config.bounds.max_nodes,
             budget_per_hour=config.bounds.budget_per_hour,
             # Unknown inputs: whatever the selector says, never below what runs now.
@@ -183,6 +318,8 @@ def decide(
         selection = select_shapes(problem)
         if inputs_known and any(selection.counts.get(n, 0) > c for n, c in current.items()):
             selection = _deadband(problem, selection, current, config)
+        if inputs_known and any(selection.counts.get(n, 0) < c for n, c in current.items()):
+            selection = _hold_band(problem, selection, current, config)
         proposed: dict[str, int] = dict(selection.counts)
         placements = selection.placements
         unmet = selection.unmet

@@ -82,10 +82,12 @@ def stage_demands(
         extra = 0.0
         up = by_name.get(st.upstream) if st.upstream else None
         if up is not None and up.name in need and up.throughput.known:
-            # Blocks out per block in of the upstream stage; 1 when it cannot be measured yet.
+            # Once the upstream stage runs at what it is sized for, this stage receives that (times the
+            # blocks out per block in; 1 when it cannot be measured yet). Only the part above the arrival
+            # already counted is extra: the recent arrival may already include some of the upstream's rise.
             up_tp = up.throughput.get()
             selectivity = st.arrival_rate.get() / up_tp if up_tp > 0 and st.arrival_rate.get() > 0 else 1.0
-            extra = max(0.0, (need[up.name] - up_tp) * selectivity)
+            extra = max(0.0, need[up.name] * selectivity - arrival)
         need[st.name] = arrival + drain + extra
         target = need[st.name] * (1.0 + targets.headroom)
         parts = [f"arrival {_fmt(arrival)}/s"]

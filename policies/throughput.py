@@ -57,18 +57,21 @@ class ThroughputPolicy:
         prev = _float_pairs(ctx.state.get("backlog"))
         pending_since = _floats(ctx.state.get("pending_since"))
 
+        window = _rate_window_seconds(ctx)
         recent: dict[str, float] = {}
         seen: dict[str, list[float]] = {}
         for st in snap.stages:
             if not (st.backlog.known and st.throughput.known):
                 continue
-            seen[st.name] = [snap.time, st.backlog.get()]
+            seen[st.name] = [snap.time, st.backlog.get(), st.throughput.get()]
             before = prev.get(st.name)
-            if before and len(before) == 2 and snap.time > before[0]:
-                recent[st.name] = st.throughput.get() + (st.backlog.get() - before[1]) / (
-                    snap.time - before[0]
+            if before and len(before) in (2, 3) and snap.time > before[0]:
+                dt = snap.time - before[0]
+                tp_prev = before[2] if len(before) == 3 else None
+                recent[st.name] = (
+                    recent_throughput(st.throughput.get(), tp_prev, window, dt)
+                    + (st.backlog.get() - before[1]) / dt
                 )
-
         new_pending = {
             s.name: pending_since.get(s.name, snap.time)
             for s in snap.shapes
@@ -80,6 +83,29 @@ class ThroughputPolicy:
         return PolicyDecision(
             demands=demands, reasons=tuple(d.reason for d in demands if d.hold), state=state
         )
+
+
+def recent_throughput(now: float, before: float | None, window: float, dt: float) -> float:
+    """Throughput over the last ``dt`` seconds, from a rate over ``window`` now and ``dt`` ago.
+
+    A windowed rate moves by (what entered − what left the window) / window between two readings; taking
+    what left as the previous reading's mean gives ``now + (window / dt − 1) · (now − before)``: exact for a
+    rate that was steady before the last ``dt``, and what turns a step in throughput into a number at the
+    next decision instead of a window later. Without a previous reading, or when ``dt`` covers the window,
+    the windowed rate itself.
+    """
+    if before is None or not (0 < dt < window) or not (math.isfinite(now) and math.isfinite(before)):
+        return max(0.0, now)
+    return max(0.0, now + (window / dt - 1.0) * (now - before))
+
+
+def _rate_window_seconds(ctx: PolicyContext) -> float:
+    text = ctx.config.prometheus.rate_window
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
+            return float(text[: -len(suffix)]) * units[suffix]
+    return 60.0
 
 
 def _lead_seconds(ctx: PolicyContext, snap: Snapshot, pending_since: Mapping[str, float]) -> dict[str, float]:

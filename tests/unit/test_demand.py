@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 from autoscaler.demand import DemandTargets, stage_demands
 from autoscaler.types import Reading, StageObservation
 
@@ -74,3 +76,23 @@ def test_order_of_input_is_kept_and_cycles_do_not_hang() -> None:
 def test_negative_inputs_are_clamped() -> None:
     (d,) = stage_demands((stage("a", backlog=0.0, arrival=0.0, throughput=0.0),), T)
     assert d.target_rate == 0.0
+
+
+def test_upstream_rise_already_in_the_recent_arrival_is_not_counted_twice() -> None:
+    up = stage("decode", backlog=1000.0, throughput=10.0, arrival=10.0)
+    down = stage("infer", backlog=0.0, throughput=10.0, arrival=10.0, upstream="decode")
+    # infer's recent arrival already shows 15/s of decode's rise to 20/s: only 5/s more is to come.
+    _, d_down = stage_demands((up, down), T, recent_arrival={"infer": 15.0})
+    assert d_down.target_rate == 20.0
+    assert "+5/s more from decode" in d_down.reason
+
+
+def test_projected_backlog_uses_the_lead_time() -> None:
+    (d,) = stage_demands(
+        (stage("a", backlog=100.0, throughput=10.0, arrival=10.0),),
+        T,
+        lead_seconds={"a": 50.0},
+        recent_arrival={"a": 20.0},
+    )
+    # arrival 20/s; the backlog grows 10/s for 50 s more → 600 to drain in 100 s → 6/s.
+    assert math.isclose(d.target_rate, 26.0)
