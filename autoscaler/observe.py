@@ -42,6 +42,7 @@ OBSERVE_TEMPLATES = (
     "nodes_pending",
     "node_cpu_utilization",
     "node_gpu_utilization",
+    "targets_down",
 )
 """The templates ``build_snapshot`` reads; query at least these."""
 
@@ -400,6 +401,7 @@ def build_snapshot(config: Config, now: float, results: Mapping[str, QueryResult
     pending = _node_counts("nodes_pending", _result(results, "nodes_pending"), shapes, problems)
     stages = _observe_stages(config, results, active, problems)
     nodes = _observe_nodes(config, results, problems)
+    _check_targets(results, problems)
     return Snapshot(
         time=now,
         shapes=shapes,
@@ -409,6 +411,20 @@ def build_snapshot(config: Config, now: float, results: Mapping[str, QueryResult
         stages=stages,
         errors=tuple(problems.items),
     )
+
+
+def _check_targets(results: Mapping[str, QueryResult], problems: _Problems) -> None:
+    """A metrics target that is down hides its series: stages and nodes would silently vanish and look like
+    "no work", so any such target — or a failure to find out — makes the snapshot incomplete (hold)."""
+    down = _result(results, "targets_down")
+    if down.error is not None:
+        problems.add(f"targets_down query failed: {down.error}; cannot tell whether metrics are missing")
+    elif down.samples:
+        where = ", ".join(sorted(s.labels.get("instance", "?") for s in down.samples)[:5])
+        problems.add(f"{len(down.samples)} metrics target(s) down ({where}): their series are missing")
+    warned = sorted({w for name in STAGE_TEMPLATES for w in _result(results, name).warnings})
+    for w in warned[:5]:
+        problems.add(f"metrics source warning: {w}")
 
 
 def _int_map(counts: Mapping[str, int] | None) -> Mapping[str, int]:

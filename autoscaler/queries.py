@@ -56,6 +56,10 @@ TEMPLATES: Mapping[str, str] = MappingProxyType(
         # max, not sum: after a head restart the old session's series can linger beside the new one.
         "nodes_active": "max by (NodeType) (autoscaler_active_nodes)",
         "nodes_pending": "max by (NodeType) (autoscaler_pending_nodes)",
+        # A scrape target that is down makes its series vanish, which would read as "no work" rather than
+        # "unknown"; any answer here makes observe hold instead. Narrow it (e.g. up{job="ray"} == 0) on a
+        # Prometheus shared with other jobs.
+        "targets_down": "up == 0",
     }
 )
 """Template name → default PromQL. ``node_gram_used`` is in MiB despite its name (Ray's unit)."""

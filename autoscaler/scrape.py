@@ -61,6 +61,7 @@ from autoscaler.queries import (
     QueryResult,
     Sample,
     check_template_names,
+    make_sample,
 )
 from autoscaler.types import Reading
 
@@ -961,6 +962,15 @@ class RayExporterSource:
                 )
             elif down is not None:
                 out[name] = QueryResult.failed(query, down)
+            elif name == "targets_down":
+                # Prometheus' ``up == 0``: one series per exporter that did not answer this round.
+                failed = self._last.targets if self._last is not None else ()
+                out[name] = QueryResult(
+                    query=query,
+                    samples=tuple(
+                        make_sample({"instance": t.address}, 0.0, when) for t in failed if not t.ok
+                    ),
+                )
             else:
                 result = evaluate_template(
                     name,

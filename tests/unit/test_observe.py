@@ -59,6 +59,7 @@ def healthy(**overrides: QueryResult) -> dict[str, QueryResult]:
         "nodes_pending": ok(node_type("cpu4", 0), node_type("gpu1", 2), node_type("ray.head.default", 0)),
         "node_cpu_utilization": ok(node("127.0.0.1:1", 40.0), node("127.0.0.1:2", 80.0)),
         "node_gpu_utilization": ok(node("127.0.0.1:2", 95.0)),
+        "targets_down": ok(),
     }
     results.update(overrides)
     return results
@@ -508,3 +509,26 @@ def test_no_path_turns_missing_data_into_zero() -> None:
             for reading in _readings(st).values():
                 assert reading.known or (reading.value is None and reading.reason)
         assert snap.errors
+
+
+# --- targets down -----------------------------------------------------------------------------------------
+
+
+def test_a_target_down_holds_instead_of_reading_as_no_work() -> None:
+    down = QueryResult(query="up == 0", samples=(make_sample({"instance": "10.0.0.5:8080"}, 0.0),))
+    snap = build_snapshot(config(), NOW, healthy(targets_down=down))
+    assert not snap.inputs_complete
+    assert any("10.0.0.5:8080" in e for e in snap.errors)
+
+
+def test_unknown_target_health_holds() -> None:
+    snap = build_snapshot(config(), NOW, healthy(targets_down=failed()))
+    assert not snap.inputs_complete
+
+
+def test_source_warnings_hold() -> None:
+    warned = QueryResult(
+        query="q", samples=healthy()["stage_backlog"].samples, warnings=("127.0.0.1:9: connection refused",)
+    )
+    snap = build_snapshot(config(), NOW, healthy(stage_backlog=warned))
+    assert any("connection refused" in e for e in snap.errors)
