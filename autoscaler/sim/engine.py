@@ -6,10 +6,19 @@ Model, per step of ``dt`` seconds (step ``i`` covers ``[i·dt, (i+1)·dt)``):
    nodes go away, warm-pool replacements become ready.
 2. Placement (Ray's scheduler plus Ray Data's task submission, simplified): every stage asks for as many
    slots as it has work for — enough to clear its queue plus its input within the step, and never more
-   than one slot per queued unit or ``max_slots`` — and gets what fits on the usable nodes. GPU stages are
-   placed first, sized on last step's input (Ray Data reserves resources per operator, and Ray keeps
-   CPU-only work off GPU nodes while it can); then, as each stage's actual input arrives, it gets more
-   slots from whatever is still free. Within a stage the shapes are tried cheapest per slot first.
+   than one slot per queued unit or ``max_slots`` — and gets what fits on the usable nodes and in its
+   Ray Data budget. The budget is Ray Data's per-operator reservation (``ReservationOpResourceAllocator``,
+   ``world.op_reservation_ratio``, default 0.5 as in Ray Data): of the CPUs and GPUs on usable nodes each
+   stage reserves ``ratio / stages`` of every resource it uses (at least one slot, at most ``max_slots``;
+   upstream first, and a stage whose share no longer fits reserves nothing), which no other stage may
+   use, even while idle. The shared rest goes to the stages that still have work in rounds of equal parts
+   (what one cannot use is split again), then downstream first. So an upstream stage with a queue can no
+   longer take every free CPU and starve a downstream one. First each stage is sized on last step's
+   input, GPU stages first (Ray keeps CPU-only work off GPU nodes while it can); then, as each stage's
+   actual input arrives, it gets more slots from its reservation and whatever of the shared pool and the
+   nodes is still free. With ``op_reservation_ratio: 0`` there are no budgets (Ray Data's
+   ``op_resource_reservation_enabled = False``): stages take what fits, GPU stages first, then in chain
+   order. Within a stage the shapes are tried cheapest per slot first.
    Resources are summed per shape with a whole-node cap per stage (``floor(node capacity / slot)`` slots
    per node), exact for the slot sizes of these pipelines and an approximation for mixed slot sizes on
    one shape. Work that finds no room is what Ray's autoscaler sees as pending demand (capped, per stage,
@@ -311,6 +320,11 @@ class Simulation:
         self.place_order = [k for k in range(K) if self.is_gpu[k]] + [
             k for k in range(K) if not self.is_gpu[k]
         ]
+        # Ray Data's per-operator reservation budgets CPU and GPU (the resources it throttles on).
+        self.ratio = scenario.world.op_reservation_ratio
+        self.budgeted = [j for j in (self.cpu_index, self.gpu_index) if j is not None]
+        self._reserved_for: tuple[int, ...] | None = None
+        self._reserved: tuple[list[list[float]], list[float]] = ([], [])
 
         seeds = np.random.SeedSequence(scenario.seed).spawn(3 + K + S)
         rng_trace = np.random.default_rng(seeds[0])
@@ -427,9 +441,11 @@ class Simulation:
         n_live: list[int],
         xk: list[int],
         prev: float,
+        budget: list[float] | None = None,
     ) -> float:
         """Add slots of stage ``k`` to ``xk`` for ``units`` of work, cheapest shape first, on ``free``
-        resources; returns the units no slot could be found for."""
+        resources and, if given, within ``budget`` (cluster-wide CPU/GPU the stage may still take, reduced
+        by what it takes); returns the units no slot could be found for."""
         # The scheduler cannot know this step's speed; last step's slot count is the best guess of the
         # scaling penalty, and the noise is the stage's own speed, which its tasks' runtimes reflect.
         scale = float(self.noise[k, i]) * math.pow(prev, self.eff[k] - 1.0)
@@ -454,16 +470,113 @@ class Simulation:
             for j, a in enumerate(nk):
                 if a > 0:
                     fit = min(fit, math.floor(fs[j] / a + _EPS))
+            if budget is not None:
+                for j in self.budgeted:
+                    a = nk[j]
+                    if a > 0:
+                        fit = min(fit, math.floor(budget[j] / a + _EPS))
             xs = int(min(want, fit))
             if xs <= 0:
                 continue
             for j, a in enumerate(nk):
                 if a > 0:
                     fs[j] -= xs * a
+            if budget is not None:
+                for j in self.budgeted:
+                    budget[j] = max(0.0, budget[j] - xs * nk[j])
             xk[si] += xs
             total += xs
             remaining -= xs * cover
         return max(0.0, remaining)
+
+    def _reservations(self, n_live: list[int]) -> tuple[list[list[float]], list[float]]:
+        """Ray Data's reservation on the usable nodes: per stage, the CPU/GPU only it may use (indexed like
+        ``self.resources``), and the shared rest. Fresh lists, cached per node count."""
+        key = tuple(n_live)
+        if key != self._reserved_for:
+            R, K = len(self.resources), self.K
+            total = [sum(n_live[si] * self.cap[si][j] for si in range(self.S)) for j in range(R)]
+            left = total[:]
+            own: list[list[float]] = []
+            # Upstream stages first: a stage whose share no longer fits reserves nothing.
+            for k in range(K):
+                res = [0.0] * R
+                for j in self.budgeted:
+                    a = self.need[k][j]
+                    if a > 0:  # nothing of a resource the stage does not use
+                        share = max(self.ratio * total[j] / K, a)  # at least one slot (task or actor)
+                        res[j] = min(share, self.max_slots[k] * a)  # at most max_slots
+                if all(res[j] <= left[j] + _EPS for j in self.budgeted):
+                    for j in self.budgeted:
+                        left[j] = max(0.0, left[j] - res[j])
+                else:
+                    res = [0.0] * R
+                own.append(res)
+            shared = [left[j] if j in self.budgeted else 0.0 for j in range(R)]
+            self._reserved_for = key
+            self._reserved = (own, shared)
+        own, shared = self._reserved
+        return [r[:] for r in own], shared[:]
+
+    def _spend(
+        self,
+        k: int,
+        units: float,
+        i: int,
+        free: list[list[float]],
+        n_live: list[int],
+        xk: list[int],
+        prev: float,
+        own: list[float],
+        shared: list[float],
+        grant: list[float],
+    ) -> float:
+        """``_place`` within stage ``k``'s own reservation plus ``grant`` from the shared pool: takes from
+        its reservation first, and takes what it used of the grant out of ``shared``."""
+        budget = [own[j] + grant[j] for j in range(len(own))]
+        left = self._place(k, units, i, free, n_live, xk, prev, budget)
+        for j in self.budgeted:
+            used = own[j] + grant[j] - budget[j]
+            from_own = min(own[j], used)
+            own[j] -= from_own
+            shared[j] = max(0.0, shared[j] - (used - from_own))
+        return left
+
+    def _share(
+        self,
+        rem: list[float],
+        i: int,
+        free: list[list[float]],
+        n_live: list[int],
+        x: list[list[int]],
+        prev: list[float],
+        own: list[list[float]],
+        shared: list[float],
+    ) -> None:
+        """Hand out the shared pool to the stages with work left (``rem``) as Ray Data does: in rounds, each
+        such stage gets an equal part of what is still free (what one cannot use is split again next round);
+        then, downstream first, each takes what it can of the rest (Ray lets a stage whose part is less than
+        one task borrow the rest of a slot, downstream stages first)."""
+        for _ in range(self.K + 1):
+            active = [k for k in self.place_order if rem[k] > _EPS and sum(x[k]) < self.max_slots[k]]
+            if not active:
+                return
+            parts = [0.0] * len(shared)
+            for j in self.budgeted:
+                users = sum(1 for k in active if self.need[k][j] > 0)
+                if users:
+                    parts[j] = shared[j] / users
+            placed = False
+            for k in active:
+                grant = [parts[j] if self.need[k][j] > 0 else 0.0 for j in range(len(parts))]
+                before = sum(x[k])
+                rem[k] = self._spend(k, rem[k], i, free, n_live, x[k], prev[k], own[k], shared, grant)
+                placed = placed or sum(x[k]) > before
+            if not placed:
+                break
+        for k in reversed(range(self.K)):
+            if rem[k] > _EPS:
+                rem[k] = self._spend(k, rem[k], i, free, n_live, x[k], prev[k], own[k], shared, shared[:])
 
     def _capacity(self, k: int, i: int, xk: list[int]) -> float:
         """Units per second the placed slots of stage ``k`` process in step ``i``."""
@@ -528,6 +641,9 @@ class Simulation:
         placed_total = [0] * K
         billed_now = [0] * S
         spd = sc.steps_per_decision
+        reserve = self.ratio > 0
+        own: list[list[float]] = []
+        shared: list[float] = []
         state = DecisionState()
         decisions: list[DecisionRecord] = []
         next_event = self._next_event()
@@ -551,10 +667,21 @@ class Simulation:
             # -- placement: GPU stages first, each for its queue plus the input it had last step
             first_in = float(trace_units[i])
             x = [[0] * S for _ in range(K)]
-            for k in self.place_order:
-                est = q[k] + (first_in if k == 0 else inflow_prev[k])
-                if est > _EPS:
-                    self._place(k, est, i, free, n_live, x[k], x_prev_total[k])
+            if reserve:
+                # Ray Data's reservation: each stage within its own reserved share first, then the
+                # shared rest split among the stages that still have work.
+                own, shared = self._reservations(n_live)
+                rem = [0.0] * K
+                for k in self.place_order:
+                    est = q[k] + (first_in if k == 0 else inflow_prev[k])
+                    if est > _EPS:
+                        rem[k] = self._place(k, est, i, free, n_live, x[k], x_prev_total[k], own[k])
+                self._share(rem, i, free, n_live, x, x_prev_total, own, shared)
+            else:
+                for k in self.place_order:
+                    est = q[k] + (first_in if k == 0 else inflow_prev[k])
+                    if est > _EPS:
+                        self._place(k, est, i, free, n_live, x[k], x_prev_total[k])
 
             # -- processing, in chain order
             inflow = first_in
@@ -568,8 +695,14 @@ class Simulation:
                 unplaced[k] = 0
                 if avail > cap_rate * dt * (1.0 + 1e-9) + _EPS:
                     # More arrived than last step's input suggested: Ray schedules more tasks as blocks
-                    # arrive, on whatever is still free.
-                    left_over = self._place(k, avail - cap_rate * dt, i, free, n_live, xk, x_prev_total[k])
+                    # arrive, on whatever is still free (within its reservation and the shared pool).
+                    more = avail - cap_rate * dt
+                    if reserve:
+                        left_over = self._spend(
+                            k, more, i, free, n_live, xk, x_prev_total[k], own[k], shared, shared[:]
+                        )
+                    else:
+                        left_over = self._place(k, more, i, free, n_live, xk, x_prev_total[k])
                     cap_rate = self._capacity(k, i, xk)
                     if left_over > _EPS:
                         per_slot = max(1.0, self.best_rate[k] * noise[k, i] * dt)

@@ -316,6 +316,15 @@ class WorldConfig(_Strict):
     ``instant``, the gauge now (what a naive exporter query would give)."""
     queued_threshold: float = Field(default=1.0, ge=0)
     """Units of work below which a queue counts as empty for the GPU-utilization metric."""
+    op_reservation_ratio: float = Field(default=0.5, ge=0, le=1)
+    """Ray Data's ``DataContext.op_resource_reservation_ratio`` (default 0.5): the fraction of the CPUs and
+    GPUs on usable nodes that its streaming executor reserves for the pipeline's operators. Each stage
+    reserves an equal part (``ratio / number of stages``) of each resource it uses, at least one slot and at
+    most ``max_slots`` slots, upstream stages first (a stage that no longer fits reserves nothing). Only that
+    stage can use its reservation, even while it has no work. The rest is shared: stages with work split it
+    evenly, and what one of them cannot use goes to the others, downstream stages first. 0 turns the
+    reservation off (as ``op_resource_reservation_enabled = False`` does): stages are placed greedily, GPU
+    stages first and then in chain order, so an upstream stage with a queue can take every free CPU."""
 
 
 # ------------------------------------------------------------------------------------------ scenario

@@ -22,6 +22,7 @@ from autoscaler.config import ConfigError
 from autoscaler.policy import PolicyContext, PolicyDecision, load_policy
 from autoscaler.sim import Scenario, SimRun, parse_scenario, simulate, summarize
 from autoscaler.sim.command import simulate as simulate_command
+from autoscaler.sim.engine import Simulation
 from autoscaler.sim.scenario import parse_duration
 
 BASE: dict[str, Any] = {
@@ -283,3 +284,89 @@ def test_command_prints_json_and_writes_a_plot(tmp_path: Path) -> None:
     assert (tmp_path / "png" / "tiny.png").stat().st_size > 1000
     bad = CliRunner().invoke(app, ["simulate", str(path), "--policy", "no-such-policy"])
     assert bad.exit_code == 2
+
+
+# ------------------------------------------------------------------------------ Ray Data reservation
+
+
+def three_stages(ratio: float, **changes: Any) -> Scenario:
+    """decode (CPU) → infer (GPU) → postprocess (CPU) on 2 × cpu4 + 1 × gpu1 (12 CPUs, 1 GPU), with far more
+    input than decode can take: decode always has a queue."""
+    data = copy.deepcopy(BASE)
+    data["config"]["stages"].append(
+        {"name": "postprocess", "resources": {"CPU": 1}, "prior_rate": {"cpu4": 10.0}}
+    )
+    data["world"]["stages"].append({"name": "postprocess", "upstream": "infer", "rate": 10.0})
+    data["world"]["op_reservation_ratio"] = ratio
+    data["trace"] = {"kind": "steady", "rate": 200.0}
+    data["duration"] = 300
+    data.update(changes)
+    return Scenario.model_validate(data)
+
+
+HOLD = Schedule([])
+
+
+def test_reservation_follows_ray_data() -> None:
+    sim = Simulation(three_stages(0.5), HOLD)
+    cpu, gpu = sim.resources.index("CPU"), sim.resources.index("GPU")
+    own, shared = sim._reservations([2, 1])  # 12 CPUs, 1 GPU
+    # 0.5 × 12 CPUs / 3 stages = 2 CPUs each, upstream first; GPU only for the stage that uses it, and at
+    # least one slot (0.5 × 1 GPU / 3 is less than the one GPU an infer actor needs).
+    assert [r[cpu] for r in own] == pytest.approx([2.0, 2.0, 2.0])
+    assert [r[gpu] for r in own] == pytest.approx([0.0, 1.0, 0.0])
+    assert shared[cpu] == pytest.approx(6.0) and shared[gpu] == pytest.approx(0.0)
+    # No GPU node: infer's minimum (one GPU) does not fit, so it reserves nothing at all.
+    own, shared = sim._reservations([2, 0])
+    assert [r[cpu] for r in own] == pytest.approx([8 / 6, 0.0, 8 / 6])
+    assert shared[cpu] == pytest.approx(8 - 16 / 6)
+    # max_slots caps a reservation; the rest goes to the shared pool.
+    capped = Simulation(three_stages(0.5), HOLD)
+    capped.max_slots[2] = 1.0
+    own, shared = capped._reservations([2, 1])
+    assert own[2][cpu] == pytest.approx(1.0) and shared[cpu] == pytest.approx(7.0)
+
+
+def test_reservation_keeps_a_downstream_cpu_stage_running_while_upstream_is_queued() -> None:
+    run = simulate(three_stages(0.5), HOLD)
+    decode, post = 0, 2
+    warm = run.times >= 30
+    assert (run.queued[decode][warm] > 100).all(), "decode must have a queue throughout"
+    # postprocess gets its reserved slots every step it has work: it keeps up with infer's output.
+    has_work = warm & (run.arrived[post] + np.concatenate([[0.0], run.queued[post, :-1]]) > 1e-6)
+    assert has_work.sum() > 200
+    assert (run.processed[post][has_work] > 0).all()
+    assert run.queued[post].max() < 30
+    # decode: its 2 reserved CPUs plus the 6 shared ones (postprocess needs no more than its own 2, and
+    # infer cannot use its second CPU): 8 slots of 5 units/s at most, never the old 11.
+    assert run.processed[decode][warm].max() <= 8 * 5.0 * 1.2
+    assert run.processed[decode][warm].mean() >= 8 * 5.0 * 0.75
+
+
+def test_no_reservation_is_the_greedy_placement() -> None:
+    run = simulate(three_stages(0.0), HOLD)
+    decode, post = 0, 2
+    warm = run.times >= 30
+    # decode takes every CPU infer does not use (11 of 12): postprocess starves while its queue grows.
+    assert run.processed[decode][warm].mean() >= 11 * 5.0 * 0.85
+    assert run.processed[post][warm].sum() == 0.0
+    assert run.queued[post, -1] > 1000
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_invariants_hold_with_and_without_reservation(ratio: float) -> None:
+    sc = three_stages(ratio, duration=600, trace=BASE["trace"])
+    plan = Schedule([(15, {"cpu4": 4, "gpu1": 3}), (300, {"cpu4": 1, "gpu1": 1})])
+    run = simulate(sc, plan)
+    for k in range(len(run.stages)):
+        prev = np.concatenate([[0.0], run.queued[k, :-1]])
+        assert np.allclose(prev + run.arrived[k] - run.processed[k], run.queued[k], atol=1e-6)
+        assert (run.processed[k] >= 0).all() and (run.queued[k] >= 0).all()
+        if k:
+            assert np.allclose(run.arrived[k], run.processed[k - 1])
+    assert (run.gpu_busy <= run.gpu_live + 1e-9).all()
+    prices = np.array([s.price_per_hour for s in run.shapes])
+    assert run.total_cost() == pytest.approx(float((run.billed @ prices).sum()) * run.dt / 3600.0, rel=1e-9)
+    again = simulate(sc, plan)
+    for f in ("arrived", "processed", "queued", "live", "billed", "slo_miss", "gpu_busy"):
+        assert np.array_equal(getattr(run, f), getattr(again, f)), f
