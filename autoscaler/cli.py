@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -70,6 +70,207 @@ def check_config(
         f"policy {cfg.policy.name!r}",
         highlight=False,
     )
+
+
+EXIT_STATE = 5
+
+
+def _ray_address(given: str | None) -> str | None:
+    """``--ray-address``, else ``ray.address``, else ``RAY_ADDRESS``, else the local head's address file."""
+    import os
+
+    if given:
+        return given
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env != "auto" and "://" not in env:
+        return env
+    current = Path("/tmp/ray/ray_current_cluster")
+    try:
+        text = current.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return text.splitlines()[0].strip() if text else None
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    err.print(f"[red]{message}[/red]", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command("run")
+def run(
+    config: Annotated[Path, typer.Option("--config", help="The raytide YAML configuration.")],
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="GCS host:port (default: ray.address, RAY_ADDRESS).")
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option("--interval", help="Seconds between ticks (default: daemon.interval_seconds)."),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run one tick, then exit.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Decide and log what would be done; change nothing.")
+    ] = False,
+) -> None:
+    """Run the autoscaling daemon: observe → decide → act → publish, every interval, until SIGTERM/SIGINT.
+
+    On exit the resource floor stays in place, so a restart does not shrink the cluster. Exit codes: 0 ok;
+    2 bad configuration; 3 Ray (GCS) or the metrics source unusable at start-up; 4 (--once) the tick was
+    degraded; 5 the state file cannot be used.
+    """
+    import tempfile
+
+    from autoscaler.daemon import Actuator, Daemon, DryRunActuator, MetricsSource
+    from autoscaler.logging_setup import configure_logging
+    from autoscaler.queries import PrometheusConfigError
+    from autoscaler.ray_actuator import ActuatorError, RayActuator
+    from autoscaler.ray_state import ClusterState, ClusterStateError, read_cluster_state
+    from autoscaler.state_store import StateStore, StateStoreError
+    from autoscaler.telemetry import Telemetry
+
+    try:
+        cfg = load_config(config)
+        policy = load_policy(cfg.policy.name, cfg.policy.options)
+    except ConfigError as e:
+        raise _fail(EXIT_CONFIG, str(e)) from None
+    except PolicyLoadError as e:
+        raise _fail(EXIT_CONFIG, f"{config}: policy: {e}") from None
+    if interval is not None and not interval > 0:
+        raise typer.BadParameter("--interval must be > 0")
+    address = _ray_address(ray_address or cfg.ray.address)
+    if address is None:
+        raise _fail(
+            EXIT_SOURCE,
+            "no Ray cluster address: pass --ray-address HOST:PORT (the GCS, port 6379 by default), set "
+            "ray.address in the configuration or RAY_ADDRESS, or run raytide on the Ray head node.",
+        )
+    timeout_s = cfg.ray.timeout_seconds
+    try:
+        read_cluster_state(address, timeout_s=timeout_s)
+    except ClusterStateError as e:
+        raise _fail(
+            EXIT_SOURCE,
+            f"cannot read the Ray cluster at {address}: {e}\nIs the Ray head running, and is the address "
+            "the GCS's host:port (--ray-address / ray.address)?",
+        ) from None
+
+    actuator: Actuator
+    if dry_run:
+        actuator = DryRunActuator()
+    else:
+        ray_actuator = RayActuator.from_shapes(
+            address,
+            cfg.node_shapes(),
+            floor_form=cfg.ray.floor_form,
+            label_key=cfg.ray.label_key,
+            use_coordinator=cfg.ray.use_coordinator,
+            timeout_s=timeout_s,
+        )
+        try:
+            ray_actuator.form()
+        except ActuatorError as e:
+            raise _fail(EXIT_CONFIG, f"{config}: ray: {e}") from None
+        actuator = ray_actuator
+
+    scratch = tempfile.TemporaryDirectory(prefix="raytide-dry-run-") if dry_run else None
+    state_path = Path(scratch.name) / "state.db" if scratch is not None else cfg.daemon.resolved_state_path()
+    try:
+        store = StateStore(state_path)
+    except StateStoreError as e:
+        raise _fail(EXIT_STATE, str(e)) from None
+
+    def read_cluster() -> ClusterState:
+        return read_cluster_state(address, timeout_s=timeout_s)
+
+    async def main() -> int:
+        from autoscaler.events import EventPublisher
+        from autoscaler.http_endpoint import HttpEndpoint
+
+        source: MetricsSource
+        closer: Any
+        if cfg.prometheus.url:
+            from autoscaler.prometheus import PrometheusSource
+
+            prom = PrometheusSource(config=cfg.prometheus)
+            source, closer = prom, prom
+        else:
+            from autoscaler.scrape import FileDiscovery, RayExporterSource
+
+            scrape = RayExporterSource(config=cfg.prometheus, discovery=FileDiscovery())
+            source, closer = scrape, scrape
+        telemetry = Telemetry(tick_interval_seconds=interval or cfg.daemon.interval_seconds)
+        events: EventPublisher | None = None
+        if cfg.mqtt.enabled:
+            password = (
+                cfg.mqtt.password_file.read_text(encoding="utf-8").strip() if cfg.mqtt.password_file else None
+            )
+            events = EventPublisher(
+                cluster=cfg.mqtt.cluster,
+                host=cfg.mqtt.host,
+                port=cfg.mqtt.port,
+                prefix=cfg.mqtt.prefix,
+                username=cfg.mqtt.username,
+                password=password,
+                hooks=telemetry,
+            )
+            await events.start()
+        endpoint: HttpEndpoint | None = None
+        if cfg.daemon.http_port is not None:
+            endpoint = HttpEndpoint(
+                registry=telemetry.registry,
+                health=telemetry,
+                host=cfg.daemon.http_host,
+                port=cfg.daemon.http_port,
+            )
+            await endpoint.start()
+            err.print(f"raytide: metrics and health on {endpoint.url}", highlight=False)
+        daemon = Daemon(
+            config=cfg,
+            policy=policy,
+            source=source,
+            cluster=read_cluster,
+            actuator=actuator,
+            store=store,
+            telemetry=telemetry,
+            events=events,
+            interval_seconds=interval,
+        )
+        try:
+            await daemon.start()
+            await daemon.run(max_ticks=1 if once else None)
+        finally:
+            if endpoint is not None:
+                await endpoint.aclose()
+            if events is not None:
+                await events.aclose()
+            await closer.aclose()
+        last = daemon.last
+        if once and last is not None:
+            Console().print(
+                f"tick {last.tick}: targets {last.plan.targets()}"
+                + (" (held)" if last.plan.held else "")
+                + (f"; floor {last.floor}" if last.floor is not None else "")
+                + (f"; drained {', '.join(last.drained)}" if last.drained else ""),
+                highlight=False,
+            )
+            for line in last.errors:
+                err.print(f"  - {line}", highlight=False)
+            return EXIT_MISSING_METRICS if last.degraded else 0
+        return 0
+
+    configure_logging(cfg.daemon.log_format, cfg.daemon.log_level)
+    try:
+        code = asyncio.run(main())
+    except PrometheusConfigError as e:
+        raise _fail(EXIT_CONFIG, f"{config}: prometheus: {e}") from None
+    except OSError as e:
+        raise _fail(EXIT_SOURCE, f"cannot start: {e}") from None
+    finally:
+        store.close()
+        if scratch is not None:
+            scratch.cleanup()
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("policies")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -167,6 +168,63 @@ class PolicyConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class DaemonConfig(_Strict):
+    """How ``raytide run`` runs: the tick, its own endpoint, its state file, its logs."""
+
+    interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    """One tick (observe → decide → act → publish) starts this often."""
+    observe_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A metrics query round or a GCS read slower than this counts as failed for the tick (hold)."""
+    act_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A floor or drain call slower than this counts as failed (a drain's outcome is checked later)."""
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=9464, ge=0, le=65535)
+    """Port of ``/metrics``, ``/healthz`` and ``/readyz``; null turns the endpoint off, 0 picks a free one."""
+    state_path: Path | None = None
+    """The SQLite state file; default ``$XDG_STATE_HOME/raytide/state.db`` (``~/.local/state/...``)."""
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    drain_share_per_tick: float = Field(default=0.25, gt=0, le=1)
+    """At most this share of a shape's nodes (at least one) is drained per tick."""
+    drain_confirm_seconds: float = Field(default=120.0, gt=0)
+    """An accepted drain whose node is still alive after this long is recorded as abandoned."""
+
+    def resolved_state_path(self) -> Path:
+        if self.state_path is not None:
+            return self.state_path.expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "raytide" / "state.db"
+
+
+class RayConfig(_Strict):
+    """The Ray cluster the daemon reads and acts on."""
+
+    address: str | None = None
+    """GCS ``host:port``; default ``RAY_ADDRESS``, else the local head's ``/tmp/ray/ray_current_cluster``."""
+    floor_form: Literal["auto", "resource", "label"] = "auto"
+    """How the floor names node types (see ``autoscaler/ray_actuator.py``); ``resource`` needs the
+    ``raytide-node-type:<type>: 1`` resource on every node type, ``label`` works on autoscaler v2 only."""
+    label_key: str = "raytide.io/node-type"
+    use_coordinator: bool | Literal["auto"] = "auto"
+    """Register with Ray Data's ``AutoscalingCoordinator`` when it exists (``auto``), or always own the floor
+    (false)."""
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class MqttConfig(_Strict):
+    """Decision and health events over MQTT (off unless ``enabled``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    prefix: str | None = None
+    """Topic prefix; default ``raytide/<cluster>``."""
+    cluster: str = Field(default="ray", min_length=1)
+    """The cluster's name in topics and events."""
+    username: str | None = None
+    password_file: Path | None = None
+
+
 class Config(_Strict):
     shapes: list[ShapeConfig] = Field(min_length=1)
     stages: list[StageConfig] = Field(default_factory=list)
@@ -174,6 +232,9 @@ class Config(_Strict):
     bounds: BoundsConfig = Field(default_factory=BoundsConfig)
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
     default_stage_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     """What one slot of a stage that has no profile needs."""
     ignore_operators: str = r"^(Input|InputDataBuffer)(_\d+)?$"

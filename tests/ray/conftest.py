@@ -42,3 +42,24 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[LocalAutoscalingClus
     )
     with cluster:
         yield cluster
+
+
+DAEMON_NODE_TYPES = (
+    LocalNodeType("cpu4", {"CPU": 4}, max_workers=2),
+    LocalNodeType("gpu1", {"CPU": 1, "GPU": 1}, max_workers=2),
+)
+"""The daemon tests' cluster: one CPU type and one (fake) GPU type, each with its marker resource."""
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def daemon_cluster(request: pytest.FixtureRequest) -> Iterator[LocalAutoscalingCluster]:
+    if not _ray_cli_available():
+        if os.environ.get("CI"):
+            pytest.fail("the `ray` CLI is not installed")
+        pytest.skip("the `ray` CLI is not installed")
+    # Ray's own idle timeout (60 s) stays out of the way: every scale-down in these tests is the daemon's.
+    cluster = LocalAutoscalingCluster(
+        DAEMON_NODE_TYPES, autoscaler_v2=request.param == "v2", idle_timeout_minutes=1.0
+    )
+    with cluster:
+        yield cluster
