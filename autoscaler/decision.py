@@ -256,12 +256,14 @@ def _deadband(
     keep = 1.0 - config.targets.scale_up_deadband
     if h <= 0 or keep >= 1.0:
         return selection
+    # select_covering: select_shapes's plan when it leaves nothing unmet (status "optimal"), else None —
+    # the same answer, proved from the resources or the LP relaxation alone when today's nodes fall short.
+    from autoscaler.selection import select_covering
+
     factor = (1.0 + h * keep) / (1.0 + h)
     reduced = tuple(replace(r, target_rate=r.target_rate * factor) for r in problem.stages)
-    within = select_shapes(replace(problem, stages=reduced, upper=dict(current)))
-    if within.unmet or within.status != "optimal":
-        return selection
-    return within
+    within = select_covering(replace(problem, stages=reduced, upper=dict(current)))
+    return selection if within is None else within
 
 
 def _hold_band(
@@ -287,6 +289,28 @@ def _hold_band(
     return selection
 
 
+def _call_policy(
+    policy: Policy, ctx: PolicyContext, current: Mapping[str, int]
+) -> tuple[PolicyDecision, str | None]:
+    """The policy's decision, or — when it raises or returns something unusable — a hold, with the reason.
+
+    A third-party policy is code raytide does not control; its bug must cost one held tick, not the daemon.
+    The policy's previous state is kept, so a transient failure does not reset it.
+    """
+    try:
+        result = policy.decide(ctx)
+        if not isinstance(result, PolicyDecision):
+            raise TypeError(f"returned {type(result).__name__}, not a PolicyDecision")
+        for d in result.demands or ():
+            if not math.isfinite(d.target_rate) or d.target_rate < 0:
+                raise ValueError(f"demand for {d.stage!r} is {d.target_rate!r}, not a finite rate >= 0")
+        return result, None
+    except Exception as e:
+        why = f"policy {getattr(policy, 'name', policy)!r} failed ({type(e).__name__}: {e}); holding"
+        held = PolicyDecision(target_counts=dict(current), reasons=(why,), state=ctx.state)
+        return held, why
+
+
 def decide(
     snapshot: Snapshot,
     config: Config,
@@ -296,10 +320,12 @@ def decide(
 ) -> Decision:
     models.update(snapshot)
     ctx = PolicyContext(snapshot=snapshot, models=models, config=config, state=state.policy_state)
-    result: PolicyDecision = policy.decide(ctx)
-    estimates = stage_estimates(snapshot, config, models)
     current = snapshot.counts_including_pending()
     inputs_known = snapshot.inputs_complete
+    result, failure = _call_policy(policy, ctx, current)
+    if failure is not None:
+        inputs_known = False
+    estimates = stage_estimates(snapshot, config, models)
     placements: tuple[Placement, ...] = ()
     unmet: tuple[UnmetDemand, ...] = ()
     demands: tuple[StageDemand, ...] = ()

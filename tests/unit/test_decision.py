@@ -121,3 +121,35 @@ def test_recent_throughput_turns_a_step_into_a_number_at_the_next_decision() -> 
     assert recent_throughput(125.0, None, 60.0, 15.0) == 125.0
     assert recent_throughput(125.0, 100.0, 60.0, 90.0) == 125.0
     assert recent_throughput(10.0, 100.0, 60.0, 15.0) == 0.0
+
+
+class _Broken:
+    name = "broken"
+
+    def __init__(self, error: Exception | None = None, result: object = None) -> None:
+        self.error = error
+        self.result = result
+
+    def decide(self, ctx: object) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def test_a_policy_that_raises_holds_instead_of_crashing() -> None:
+    from autoscaler.decision import DecisionState, decide
+    from autoscaler.testing import make_config, make_nodes, make_snapshot, make_stage
+    from autoscaler.throughput import ThroughputModels
+
+    cfg = make_config(scale_down_window_seconds=0.0)
+    snap = make_snapshot(
+        config=cfg,
+        node_counts={"cpu4": 3},
+        nodes=make_nodes(shape="cpu4", count=3),
+        stages=(make_stage(name="decode", backlog=0.0, throughput=0.0, slots_busy=0.0),),
+    )
+    for policy in (_Broken(error=RuntimeError("boom")), _Broken(result="not a decision")):
+        d = decide(snap, cfg, ThroughputModels(), policy, DecisionState())  # type: ignore[arg-type]
+        assert d.plan.held
+        assert d.plan.targets()["cpu4"] == 3
+        assert any("failed" in r for r in d.plan.reasons)
