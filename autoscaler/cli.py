@@ -76,10 +76,11 @@ EXIT_STATE = 5
 
 
 def _ray_address(given: str | None) -> str | None:
-    """``--ray-address``, else ``ray.address``, else ``RAY_ADDRESS``, else the local head's address file."""
+    """``--ray-address``, else ``ray.address``, else ``RAY_ADDRESS``, else the local head's address file
+    (what ``auto`` means, as in ``ray.init(address="auto")``)."""
     import os
 
-    if given:
+    if given and given != "auto":
         return given
     env = os.environ.get("RAY_ADDRESS", "").strip()
     if env and env != "auto" and "://" not in env:
@@ -101,7 +102,11 @@ def _fail(code: int, message: str) -> typer.Exit:
 def run(
     config: Annotated[Path, typer.Option("--config", help="The raytide YAML configuration.")],
     ray_address: Annotated[
-        str | None, typer.Option("--ray-address", help="GCS host:port (default: ray.address, RAY_ADDRESS).")
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="GCS host:port, or 'auto' for the local head (default: ray.address, RAY_ADDRESS, auto).",
+        ),
     ] = None,
     interval: Annotated[
         float | None,
