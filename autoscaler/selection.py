@@ -30,7 +30,12 @@ problem can reach, so meeting demand beats saving money for any shortfall worth 
 whole cluster; when an answer still leaves demand unmet, the order is checked exactly by solving for
 minimal unmet alone and, if that does better, re-solving for cost with the unmet total pinned. ``ε``
 keeps idle slots and free nodes out. Upper bounds are tightened first (``xub``: the slots the target
-needs; ``hi``: the nodes those slots could ever use, and what budget and max_nodes allow).
+needs; ``hi``: the nodes those slots could ever use, and what budget and max_nodes allow). A slots-per-node
+row is left out where a summed row of its shape already implies it (``req_kj/cap_sj · floor(cap_s /
+req_k) ≥ 1``, e.g. whole-CPU slots on even-CPU nodes): on large programs that is most of them, and the
+relaxation solves in a third of the time with a fifth of the rows. The structure of the summed rows (which
+stages cannot share a node) depends only on a shape's capacity and the kinds of slot on it and is cached
+across calls.
 
 Two ways to an integer answer, both deterministic:
 
@@ -38,12 +43,19 @@ Two ways to an integer answer, both deterministic:
   most ``_EXACT_INTEGER_VARS`` integer variables (about 6 stages × 5 shapes); 5–40 ms there. HiGHS's
   root work grows fast beyond that (measured: 20–200 ms at 10 stages × 6 shapes, 0.1–5 s and often no
   proof at 50 stages × 12 shapes), far over a decision's budget.
-* **rounded relaxation** — the same program as an LP (about 2 ms at 50 × 12), slots rounded up and nodes
-  down, then made whole-node feasible by the plan steps below and improved by closing half-empty nodes
-  (:meth:`_Plan.consolidate`). Always run; on small problems the better of the two answers wins (the
-  rounding knows about packing, the integer program only about summed resources). About 8 ms at
-  50 × 12; on random instances of that size its plans cost 1–4 % (at most 10 %) more per hour than
-  what HiGHS finds in 10 s, and on small ones alone it would cost 0.3–3 % more than the exact answer.
+* **rounded relaxation** — the same program as an LP (about 1.5 ms at 50 × 12, HiGHS's dual simplex
+  without presolve, called through the binding SciPy ships — ``scipy.optimize.milp``'s own per-call work
+  cost as much again), slots rounded up and nodes down, then made whole-node feasible by the plan steps
+  below and improved by closing half-empty nodes (:meth:`_Plan.consolidate`). Always run; on small
+  problems the better of the two answers wins (the rounding knows about packing, the integer program only
+  about summed resources). About 5 ms at 50 × 12 in all; on random instances of that size its plans cost
+  1–4 % (at most 10 %) more per hour than what HiGHS finds in 10 s, and on small ones alone it would cost
+  0.3–3 % more than the exact answer.
+
+:func:`select_covering` answers "does ``select_shapes`` meet every target, and with which plan" — the
+question a decision asks of today's nodes — with the same answer, but proves a "no" from the resources
+alone or from the relaxation's duals (weak duality, so whatever the solver's tolerances) before any plan
+is rounded, packed and repaired: under a millisecond at 50 × 12 instead of about five.
 
 Plan steps (:class:`_Plan`): drop slots the targets do not need; pack every shape's slots with
 first-fit-decreasing (:mod:`autoscaler.packing`) and give each shape the nodes its slots really need —
@@ -51,7 +63,9 @@ summed resources do not guarantee whole-node packing when stages share a shape �
 bounds, budget and max_nodes allow, otherwise dropping the slots that cost the targets least and making
 up for them on other shapes where there is room; close remaining gaps with room on chosen nodes or new
 nodes (cheapest per unit of rate); remove nodes nothing needs. The packing check is the last word: every
-returned plan packs with first-fit-decreasing on the returned counts.
+returned plan packs with first-fit-decreasing on the returned counts. Packings are memoised per (shape,
+node count, slots); one of the same slots on another node count, or with the copies it could not place
+taken away, is derived from a previous one instead of packing again (:meth:`PackResult.resized`).
 
 Pure: no I/O, no clock, no randomness; the same problem always yields the same selection.
 """
@@ -63,13 +77,13 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
-from autoscaler.packing import PackResult, first_fit_decreasing
+from autoscaler.packing import Need, PackResult, first_fit, size_key
 from autoscaler.types import NodeShape, Placement, UnmetDemand
 
 # Up to this many integer variables the program is also solved exactly (see module docstring).
@@ -94,6 +108,13 @@ _FIT_TOL = 1e-9
 _UNMET_WEIGHT_FACTOR = 10.0
 # Total weight of the idle-slot/free-node penalty, in units of the cheapest node.
 _EPSILON_TOTAL = 1e-3
+# A summed resource row stands in for a pair's slots-per-node row when it is at most this much looser.
+_IMPLIED_TOL = 1e-12
+# How far (relative) a packed plan may overrun a summed row or the budget in the covering proof: first-fit
+# and the budget check allow 1e-9, this leaves a wide margin.
+_PACKING_OVERRUN = 1e-8
+# The proof's margin for float rounding in the bound itself.
+_CERTIFICATE_MARGIN = 1e-7
 
 Status = Literal["optimal", "partial", "infeasible_bounds"]
 
@@ -127,11 +148,16 @@ class StageRequirement:
     """Slots to keep regardless of the target (e.g. actors that exist now); soft, see Selection.reasons."""
 
     def __post_init__(self) -> None:
-        _check_amount(f"stage {self.name!r}: target_rate", self.target_rate)
+        # Checked inline, and described only when wrong: stages are built (and copied with new targets)
+        # several times per decision.
+        if not 0.0 <= self.target_rate < math.inf:
+            _check_amount(f"stage {self.name!r}: target_rate", self.target_rate)
         for res, amount in self.slot_resources.items():
-            _check_amount(f"stage {self.name!r}: slot resource {res!r}", amount)
+            if not 0.0 <= amount < math.inf:
+                _check_amount(f"stage {self.name!r}: slot resource {res!r}", amount)
         for shape, rate in self.per_slot_rate.items():
-            _check_amount(f"stage {self.name!r}: per-slot rate on {shape!r}", rate)
+            if not 0.0 <= rate < math.inf:
+                _check_amount(f"stage {self.name!r}: per-slot rate on {shape!r}", rate)
         if self.min_slots < 0:
             raise ValueError(f"stage {self.name!r}: min_slots must be >= 0, got {self.min_slots}")
         if self.max_slots is not None:
@@ -250,6 +276,8 @@ class _Prepared:
     """Per shape, what one node offers to stages (resources minus reserved)."""
     needs: list[dict[str, float]]
     """Per stage, the positive slot resources."""
+    need_keys: list[tuple[tuple[str, float], ...]]
+    """Per stage, ``needs`` as a sorted tuple (a hashable key for the structure caches)."""
     lo: list[int]
     hi: list[int]
     hi_label: list[str]
@@ -343,19 +371,44 @@ def _prepare(problem: SelectionProblem) -> _Prepared:
     pairs: list[_Pair] = []
     pairs_of_stage: list[list[int]] = [[] for _ in stages]
     pairs_of_shape: list[list[int]] = [[] for _ in shapes]
+    need_keys = [tuple(sorted(need.items())) for need in needs]
+    # Whether a slot fits a shape, and how many fit one node, depend only on the slot's resources: many
+    # stages share a few kinds of slot, so each kind is worked out once per shape (-1: does not fit).
+    per_node_of: dict[tuple[tuple[str, float], ...], list[int | None]] = {}
+    for ki, key in enumerate(need_keys):
+        if key not in per_node_of:
+            per_node_of[key] = [
+                _per_node(capacity[si], needs[ki]) if _fits_one(capacity[si], needs[ki]) else -1
+                for si in range(len(shapes))
+            ]
+    names = [s.name for s in shapes]
+    node_limit = lo if infeasible else hi
     for ki, k in enumerate(stages):
-        for si, s in enumerate(shapes):
-            rate = k.per_slot_rate.get(s.name, 0.0)
-            if not _usable_rate(rate, k.target_rate) or not _fits_one(capacity[si], needs[ki]):
+        rates = k.per_slot_rate
+        if not rates:
+            continue
+        fits = per_node_of[need_keys[ki]]
+        target = k.target_rate
+        # The hot loop of a large problem (stages × shapes): _usable_rate and _slots_needed, inline.
+        least_rate = target * _MIN_RATE_SHARE
+        for si, name in enumerate(names):
+            rate = rates.get(name, 0.0)
+            per_node = fits[si]
+            if per_node == -1 or not (rate > 0 and rate >= least_rate):
                 continue
-            wanted = max(_slots_needed(k.target_rate, rate), k.min_slots)
+            ratio = target / rate
+            needed = (
+                max(0, math.ceil(ratio - _RATE_REL_TOL * max(1.0, ratio)))
+                if ratio < _SLOT_LIMIT
+                else _SLOT_LIMIT
+            )
+            wanted = max(needed, k.min_slots)
             if k.max_slots is not None:
                 wanted = min(wanted, k.max_slots)
-            per_node = _per_node(capacity[si], needs[ki])
             if per_node is None:
                 # Needs no resources, yet still runs on some node: all of them fit on one.
                 per_node = max(1, wanted)
-            xub = min(wanted, per_node * (lo[si] if infeasible else hi[si]))
+            xub = min(wanted, per_node * node_limit[si])
             if xub <= 0:
                 continue
             pairs_of_stage[ki].append(len(pairs))
@@ -379,6 +432,7 @@ def _prepare(problem: SelectionProblem) -> _Prepared:
         stages=stages,
         capacity=capacity,
         needs=needs,
+        need_keys=need_keys,
         lo=lo,
         hi=hi,
         hi_label=hi_label,
@@ -391,36 +445,222 @@ def _prepare(problem: SelectionProblem) -> _Prepared:
     )
 
 
-def _conflicts(prep: _Prepared, si: int) -> dict[int, set[int]]:
-    """For each pair on shape ``si``, the other pairs whose slots cannot share one of its nodes with it."""
-    on_shape = prep.pairs_of_shape[si]
-    needs = [prep.needs[prep.pairs[p].stage] for p in on_shape]
+NeedKey = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _ShapeStructure:
+    """Which of the slots on one shape cannot share a node with each other (by position on the shape)."""
+
+    exclusive: tuple[bool, ...]
+    """Per position: its slots cannot share a node with any other position's."""
+    cliques: tuple[tuple[int, ...], ...]
+    """Greedy maximal sets of positions that pairwise conflict (a node holds slots of at most one)."""
+
+
+# The structure is a pure function of a node's capacity and the kinds of slot on it, and consecutive
+# decisions (and the selections within one decision) ask for the same ones again and again. Bounded,
+# cleared whole when full; tuples only, which the garbage collector does not need to walk.
+_STRUCTURE_CACHE: dict[tuple[NeedKey, tuple[NeedKey, ...]], _ShapeStructure] = {}
+_STRUCTURE_CACHE_SIZE = 512
+
+
+def _shape_structure(capacity: Mapping[str, float], kinds: tuple[NeedKey, ...]) -> _ShapeStructure:
+    key = (tuple(sorted(capacity.items())), kinds)
+    found = _STRUCTURE_CACHE.get(key)
+    if found is None:
+        found = _compute_structure(capacity, kinds)
+        if len(_STRUCTURE_CACHE) >= _STRUCTURE_CACHE_SIZE:
+            _STRUCTURE_CACHE.clear()
+        _STRUCTURE_CACHE[key] = found
+    return found
+
+
+def _compute_structure(capacity: Mapping[str, float], kinds: tuple[NeedKey, ...]) -> _ShapeStructure:
+    """Two slots conflict when together they overflow a node; only their kinds (what they need) matter,
+    and a shape holds few kinds, so conflicts are looked up per pair of kinds."""
+    distinct = list(dict.fromkeys(kinds))
+    index = {kind: i for i, kind in enumerate(distinct)}
+    of = [index[kind] for kind in kinds]
+    needs = [dict(kind) for kind in distinct]
     resources = sorted({r for need in needs for r in need})
-    if not resources:
-        return {p: set() for p in on_shape}
-    capacity = np.array([prep.capacity[si].get(r, 0.0) for r in resources])
-    m = np.array([[need.get(r, 0.0) for r in resources] for need in needs])
-    clash = ((m[:, None, :] + m[None, :, :]) > capacity * (1 + _FIT_TOL) + _FIT_TOL).any(axis=2)
-    np.fill_diagonal(clash, False)
-    return {p: {on_shape[j] for j in np.flatnonzero(clash[i])} for i, p in enumerate(on_shape)}
-
-
-def _cliques(conflicts: Mapping[int, set[int]]) -> list[tuple[int, ...]]:
-    """Greedy maximal sets of pairs that pairwise conflict (a node holds slots of at most one of them),
-    one grown from each pair; duplicates and singletons dropped."""
+    clash = [
+        [
+            any(
+                a.get(r, 0.0) + b.get(r, 0.0) > capacity.get(r, 0.0) * (1 + _FIT_TOL) + _FIT_TOL
+                for r in resources
+            )
+            for b in needs
+        ]
+        for a in needs
+    ]
+    n = len(kinds)
+    if not any(any(row) for row in clash):
+        # Nothing conflicts (the common case on large nodes): no cliques, nobody alone.
+        return _ShapeStructure((False,) * n, ())
+    per_kind = [of.count(k) for k in range(len(distinct))]
+    # Conflicts of a position: every position of a clashing kind but itself.
+    exclusive = tuple(
+        sum(c for k, c in enumerate(per_kind) if clash[of[p]][k]) - clash[of[p]][of[p]] == n - 1
+        for p in range(n)
+    )
     found: dict[tuple[int, ...], None] = {}
-    for p in sorted(conflicts):
+    for p in range(n):
+        # Grown from p: every later-checked position (in order) that conflicts with all taken so far.
+        row = clash[of[p]]
+        if not any(row):
+            continue
         clique = [p]
-        for q in sorted(conflicts[p]):
-            if all(q in conflicts[c] for c in clique):
+        taken = {of[p]}
+        for q in range(n):
+            kq = of[q]
+            if q != p and row[kq] and all(clash[k][kq] for k in taken):
                 clique.append(q)
+                taken.add(kq)
         if len(clique) > 1:
             found[tuple(sorted(clique))] = None
-    return list(found)
+    return _ShapeStructure(exclusive, tuple(found))
 
 
 # ----------------------------------------------------------------------------------------------------
 # The integer program.
+
+
+def _load_highs() -> Any:
+    """HiGHS's own Python binding as SciPy ships it (SciPy >= 1.15), or None.
+
+    ``scipy.optimize.milp`` wraps the same solver, but its per-call work in Python (option checks, a
+    Python object per variable for the integrality, dual values gathered column by column) cost as much
+    as solving the relaxation of a large program. Private to SciPy, hence the fallback to ``milp`` —
+    same solver, same options, same answers — when it is missing or has changed.
+    """
+    try:
+        from scipy.optimize._highspy import _core
+    except ImportError:  # pragma: no cover - depends on the SciPy version
+        return None
+    needed = ("_Highs", "HighsLp", "HighsModelStatus", "HighsStatus", "HighsVarType", "MatrixFormat")
+    if not all(hasattr(_core, name) for name in needed):  # pragma: no cover - depends on the SciPy version
+        return None
+    return _core
+
+
+_HIGHS: Any = _load_highs()
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Constraint rows in compressed sparse row form: lower <= A x <= upper."""
+
+    start: np.ndarray
+    index: np.ndarray
+    value: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    def plus(self, index: np.ndarray, value: np.ndarray, lower: float, upper: float) -> _Rows:
+        """These rows and one more."""
+        return _Rows(
+            start=np.append(self.start, self.start[-1] + index.size).astype(np.int32),
+            index=np.concatenate([self.index, index]).astype(np.int32),
+            value=np.concatenate([self.value, value]),
+            lower=np.append(self.lower, lower),
+            upper=np.append(self.upper, upper),
+        )
+
+
+def _run_highs(
+    objective: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    rows: _Rows,
+    integrality: np.ndarray | None,
+    *,
+    presolve: bool,
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Minimise ``objective · x`` over the rows and bounds (an LP when ``integrality`` is None): the
+    solution and, for an LP, the rows' dual values (None when unavailable); None when there is no solution
+    (or, for an integer program, none was found within the limits)."""
+    options: dict[str, float | int | str] = {
+        "time_limit": _TIME_LIMIT_S,
+        "presolve": "on" if presolve else "off",
+    }
+    if integrality is not None:
+        options |= {"mip_max_nodes": _NODE_LIMIT, "mip_rel_gap": 0.0}
+    core = _HIGHS
+    if core is None:  # pragma: no cover - depends on the SciPy version
+        return _run_milp(objective, lower, upper, rows, integrality, presolve=presolve)
+    n_cols, n_rows = objective.size, rows.lower.size
+    lp = core.HighsLp()
+    lp.num_col_ = n_cols
+    lp.num_row_ = n_rows
+    lp.col_cost_ = objective
+    lp.col_lower_ = lower
+    lp.col_upper_ = upper
+    lp.row_lower_ = rows.lower
+    lp.row_upper_ = rows.upper
+    matrix = lp.a_matrix_
+    matrix.format_ = core.MatrixFormat.kRowwise
+    matrix.num_col_ = n_cols
+    matrix.num_row_ = n_rows
+    matrix.start_ = rows.start
+    matrix.index_ = rows.index
+    matrix.value_ = rows.value
+    if integrality is not None:
+        lp.integrality_ = [core.HighsVarType(int(v)) for v in integrality]
+    highs = core._Highs()
+    ok = core.HighsStatus.kOk
+    if highs.setOptionValue("output_flag", False) != ok:  # pragma: no cover - depends on the SciPy version
+        return _run_milp(objective, lower, upper, rows, integrality, presolve=presolve)
+    for name, value in options.items():
+        if highs.setOptionValue(name, value) != ok:  # pragma: no cover - depends on the SciPy version
+            return _run_milp(objective, lower, upper, rows, integrality, presolve=presolve)
+    error = core.HighsStatus.kError
+    if highs.passModel(lp) == error or highs.run() == error:
+        return None
+    model = core.HighsModelStatus
+    status = highs.getModelStatus()
+    if status != model.kOptimal:
+        # As milp: an integer program stopped by a limit still has its best plan, if it found one.
+        stopped = (model.kTimeLimit, model.kIterationLimit, model.kSolutionLimit)
+        if integrality is None or status not in stopped:
+            return None
+        if not math.isfinite(highs.getInfo().objective_function_value):
+            return None
+    solution = highs.getSolution()
+    x = np.asarray(solution.col_value, dtype=float)
+    if integrality is not None or not getattr(solution, "dual_valid", False):
+        return x, None
+    return x, np.asarray(solution.row_dual, dtype=float)
+
+
+def _run_milp(
+    objective: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    rows: _Rows,
+    integrality: np.ndarray | None,
+    *,
+    presolve: bool,
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``_run_highs`` through SciPy's public ``milp`` (slower per call; same solver and options; no duals)."""
+    n_cols, n_rows = objective.size, rows.lower.size
+    constraints = []
+    if n_rows:
+        matrix = csr_array((rows.value, rows.index, rows.start), shape=(n_rows, n_cols))
+        constraints.append(LinearConstraint(matrix, rows.lower, rows.upper))
+    options: dict[str, float | int | bool] = {"time_limit": _TIME_LIMIT_S, "presolve": presolve}
+    if integrality is not None:
+        options |= {"node_limit": _NODE_LIMIT, "mip_rel_gap": 0.0}
+    res = milp(
+        objective,
+        integrality=np.zeros(n_cols) if integrality is None else integrality,
+        bounds=Bounds(lower, upper),
+        constraints=constraints,
+        options=options,
+    )
+    if res.x is None:
+        return None
+    return np.asarray(res.x, dtype=float), None
 
 
 @dataclass(slots=True)
@@ -439,7 +679,7 @@ class _Program:
         n_shapes, n_pairs = len(shapes), len(pairs)
         self.demand_stages = [ki for ki, k in enumerate(stages) if k.target_rate > 0]
         self.min_stages = [ki for ki, k in enumerate(stages) if k.min_slots > 0]
-        self.off_x = n_shapes
+        off_x = self.off_x = n_shapes
         self.off_u = self.off_x + n_pairs
         self.off_m = self.off_u + len(self.demand_stages)
         n_vars = self.off_m + len(self.min_stages)
@@ -450,12 +690,10 @@ class _Program:
         ub = np.zeros(n_vars)
         lb[:n_shapes] = prep.lo
         ub[:n_shapes] = prep.hi_solve
-        for p, pair in enumerate(pairs):
-            ub[self.off_x + p] = pair.xub
+        ub[self.off_x : self.off_u] = [pair.xub for pair in pairs]
         ub[self.off_u : self.off_m] = 1.0
-        for i, ki in enumerate(self.min_stages):
-            ub[self.off_m + i] = stages[ki].min_slots
-        self.bounds = Bounds(lb, ub)
+        ub[self.off_m :] = [stages[ki].min_slots for ki in self.min_stages]
+        self.lower, self.upper = lb, ub
         self.integrality = np.zeros(n_vars)
         self.integrality[: self.n_int] = 1
 
@@ -482,110 +720,132 @@ class _Program:
         c[self.off_u :] = self.unmet_weight * unmet_vec[self.off_u :]
         self.weighted = c
 
-        rows: list[int] = []
-        cols: list[int] = []
-        vals: list[float] = []
+        # Rows a packed plan may overrun by float tolerance (see _cover_box): row → (shape, overrun per
+        # node); the budget row's index; whether the max_nodes row is there.
+        self.tolerant_rows: dict[int, tuple[int, float]] = {}
+        self.budget_row: int | None = None
+        self.has_max_nodes_row = False
+        start: list[int] = [0]
+        index: list[int] = []
+        value: list[float] = []
         row_lb: list[float] = []
         row_ub: list[float] = []
+        inf = math.inf
 
         def add_row(entries: list[tuple[int, float]], low: float, high: float) -> None:
-            r = len(row_lb)
+            # Columns in order, as a compressed sparse matrix has them.
+            entries.sort()
             for col, val in entries:
-                rows.append(r)
-                cols.append(col)
-                vals.append(val)
+                index.append(col)
+                value.append(val)
+            start.append(len(index))
             row_lb.append(low)
             row_ub.append(high)
 
         for i, ki in enumerate(self.demand_stages):
             target = stages[ki].target_rate
-            entries = [(self.off_x + p, pairs[p].rate / target) for p in prep.pairs_of_stage[ki]]
+            entries = [(off_x + p, pairs[p].rate / target) for p in prep.pairs_of_stage[ki]]
             entries.append((self.off_u + i, 1.0))
-            add_row(entries, 1.0, math.inf)
+            add_row(entries, 1.0, inf)
         for i, ki in enumerate(self.min_stages):
-            entries = [(self.off_x + p, 1.0) for p in prep.pairs_of_stage[ki]]
+            entries = [(off_x + p, 1.0) for p in prep.pairs_of_stage[ki]]
             entries.append((self.off_m + i, 1.0))
-            add_row(entries, float(stages[ki].min_slots), math.inf)
+            add_row(entries, float(stages[ki].min_slots), inf)
         for ki, k in enumerate(stages):
             own = prep.pairs_of_stage[ki]
             if k.max_slots is not None and sum(pairs[p].xub for p in own) > k.max_slots:
-                add_row([(self.off_x + p, 1.0) for p in own], -math.inf, float(k.max_slots))
+                add_row([(off_x + p, 1.0) for p in own], -inf, float(k.max_slots))
         for si in range(n_shapes):
             on_shape = prep.pairs_of_shape[si]
+            summed: list[tuple[list[tuple[int, float]], float]] = []
+            # Pairs whose own row below (slots per whole node) a summed row already implies.
+            implied: set[int] = set()
+            # With one stage on a shape the per-node rows are exact; the summed rows matter only when
+            # stages share a shape.
+            if len(on_shape) >= 2:
+                structure = _shape_structure(
+                    prep.capacity[si], tuple(prep.need_keys[pairs[p].stage] for p in on_shape)
+                )
+                # Slots that cannot share a node with each other (3-CPU and 2-CPU slots on 4-CPU nodes)
+                # each take nodes of their own; the summed rows would let them share and leave packing to
+                # find the missing nodes later. A set of mutually conflicting stages therefore needs,
+                # together, at least Σ x / (slots per node) nodes.
+                for clique in structure.cliques:
+                    members = [on_shape[j] for j in clique]
+                    entries = [*((off_x + p, 1.0 / pairs[p].per_node) for p in members), (si, -1.0)]
+                    summed.append((entries, 0.0))
+                    implied.update(members)
+                # A slot that cannot share a node with any other stage here (e.g. 4 CPUs on a 4-CPU GPU
+                # node) blocks its nodes for everybody: count those nodes in every resource row as well.
+                exclusive = [p for p, alone in zip(on_shape, structure.exclusive, strict=True) if alone]
+                shared = [p for p, alone in zip(on_shape, structure.exclusive, strict=True) if not alone]
+                base = [(off_x + p, 1.0 / pairs[p].per_node) for p in exclusive]
+                resources = sorted({r for p in shared for r in prep.needs[pairs[p].stage]})
+                for res in resources:
+                    users = [p for p in shared if res in prep.needs[pairs[p].stage]]
+                    if len(users) + len(base) < 2:
+                        continue
+                    cap = prep.capacity[si][res]
+                    entries = list(base)
+                    for p in users:
+                        share = prep.needs[pairs[p].stage][res] / cap
+                        entries.append((off_x + p, share))
+                        # x_p · share <= n implies x_p <= per_node · n when share · per_node >= 1 (up to
+                        # float noise far below the solver's tolerance).
+                        if share * pairs[p].per_node >= 1.0 - _IMPLIED_TOL:
+                            implied.add(p)
+                    entries.append((si, -1.0))
+                    # First-fit lets a node's last copy overrun by up to 1e-9 · (1 + cap): in this row's
+                    # units, with a wide margin, this much per node.
+                    summed.append((entries, _PACKING_OVERRUN * (1.0 + cap) / cap))
+                    implied.update(exclusive)
+            # Slots per whole node: x_ks <= floor(cap_s / req_k) · n_s, unless a summed row implies it.
+            # In a typical large program most of them are implied, and dropping them takes the row count
+            # from many hundreds to about a hundred, which is what the simplex time scales with.
             for p in on_shape:
-                add_row([(self.off_x + p, 1.0), (si, -float(pairs[p].per_node))], -math.inf, 0.0)
-            # With one stage on a shape the per-node rows above are exact; the summed rows matter only
-            # when stages share a shape.
-            if len(on_shape) < 2:
-                continue
-            # Slots that cannot share a node with each other (3-CPU and 2-CPU slots on 4-CPU nodes) each
-            # take nodes of their own; the summed rows would let them share and leave packing to find
-            # the missing nodes later. A set of mutually conflicting stages therefore needs, together,
-            # at least Σ x / (slots per node) nodes.
-            conflicts = _conflicts(prep, si)
-            for clique in _cliques(conflicts):
-                entries = [(self.off_x + p, 1.0 / pairs[p].per_node) for p in clique]
-                add_row([*entries, (si, -1.0)], -math.inf, 0.0)
-            # A slot that cannot share a node with any other stage here (e.g. 4 CPUs on a 4-CPU GPU
-            # node) blocks its nodes for everybody: count those nodes in every resource row as well.
-            exclusive = {p for p in on_shape if len(conflicts[p]) == len(on_shape) - 1}
-            shared = [p for p in on_shape if p not in exclusive]
-            base = [(self.off_x + p, 1.0 / pairs[p].per_node) for p in sorted(exclusive)]
-            resources = sorted({r for p in shared for r in prep.needs[pairs[p].stage]})
-            for res in resources:
-                users = [p for p in shared if res in prep.needs[pairs[p].stage]]
-                if len(users) + len(base) < 2:
-                    continue
-                cap = prep.capacity[si][res]
-                entries = [*base, *((self.off_x + p, prep.needs[pairs[p].stage][res] / cap) for p in users)]
-                entries.append((si, -1.0))
-                add_row(entries, -math.inf, 0.0)
+                if p not in implied:
+                    add_row([(off_x + p, 1.0), (si, -float(pairs[p].per_node))], -inf, 0.0)
+            for entries, overrun in summed:
+                if overrun > 0:
+                    self.tolerant_rows[len(row_lb)] = (si, overrun)
+                add_row(entries, -inf, 0.0)
         if not prep.infeasible_bounds:
             if sum(prep.hi_solve) > prep.problem.max_nodes:
-                add_row([(si, 1.0) for si in range(n_shapes)], -math.inf, float(prep.problem.max_nodes))
+                self.has_max_nodes_row = True
+                add_row([(si, 1.0) for si in range(n_shapes)], -inf, float(prep.problem.max_nodes))
             if math.isfinite(budget) and float(prices @ np.asarray(prep.hi_solve, dtype=float)) > budget:
                 scale = budget if budget > 0 else 1.0
+                self.budget_row = len(row_lb)
                 add_row(
                     [(si, prices[si] / scale) for si in range(n_shapes) if prices[si] > 0],
-                    -math.inf,
+                    -inf,
                     budget / scale,
                 )
-        self.rows, self.cols, self.vals = rows, cols, vals
-        self.row_lb, self.row_ub = row_lb, row_ub
-        self.options = {
-            "time_limit": _TIME_LIMIT_S,
-            "node_limit": _NODE_LIMIT,
-            "mip_rel_gap": 0.0,
-            "presolve": True,
-        }
+        self.rows = _Rows(
+            start=np.asarray(start, dtype=np.int32),
+            index=np.asarray(index, dtype=np.int32),
+            value=np.asarray(value, dtype=float),
+            lower=np.asarray(row_lb, dtype=float),
+            upper=np.asarray(row_ub, dtype=float),
+        )
 
     def solve(
         self, objective: np.ndarray, unmet_cap: float | None = None, relax: bool = False
     ) -> np.ndarray | None:
-        rows, cols, vals = list(self.rows), list(self.cols), list(self.vals)
-        row_lb, row_ub = list(self.row_lb), list(self.row_ub)
+        rows = self.rows
         if unmet_cap is not None:
-            r = len(row_lb)
-            for col in range(self.off_u, self.n_vars):
-                rows.append(r)
-                cols.append(col)
-                vals.append(float(self.unmet_vec[col]))
-            row_lb.append(-math.inf)
-            row_ub.append(unmet_cap)
-        constraints = []
-        if row_lb:
-            matrix = csr_array((vals, (rows, cols)), shape=(len(row_lb), self.n_vars))
-            constraints.append(LinearConstraint(matrix, np.asarray(row_lb), np.asarray(row_ub)))
-        res = milp(
+            cols = np.arange(self.off_u, self.n_vars, dtype=np.int32)
+            rows = rows.plus(cols, self.unmet_vec[self.off_u :], -math.inf, unmet_cap)
+        # The relaxation is solved without presolve: on these programs it costs more than it saves.
+        answer = _run_highs(
             objective,
-            integrality=np.zeros(self.n_vars) if relax else self.integrality,
-            bounds=self.bounds,
-            constraints=constraints,
-            options=self.options,
+            self.lower,
+            self.upper,
+            rows,
+            None if relax else self.integrality,
+            presolve=not relax,
         )
-        if res.x is None:
-            return None
-        return np.asarray(res.x, dtype=float)
+        return None if answer is None else answer[0]
 
     def unmet_of(self, x: np.ndarray) -> float:
         return float(self.unmet_vec @ x)
@@ -635,11 +895,19 @@ def _solve_exact(program: _Program) -> _Solution | None:
     return program.to_solution(x)
 
 
-def _solve_relaxed(program: _Program) -> _Solution | None:
-    """The LP relaxation, rounded; the plan steps afterwards make it whole-node feasible."""
-    x = program.solve(program.weighted, relax=True)
-    if x is None:
+def _relax(program: _Program) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The LP relaxation of the weighted program: its solution and row duals (see ``_Program.solve``)."""
+    return _run_highs(program.weighted, program.lower, program.upper, program.rows, None, presolve=False)
+
+
+def _solve_relaxed(
+    program: _Program, relaxed: tuple[np.ndarray, np.ndarray | None] | None
+) -> _Solution | None:
+    """The LP relaxation (``relaxed``, from :func:`_relax`), rounded; the plan steps afterwards make it
+    whole-node feasible."""
+    if relaxed is None:
         return None
+    x = relaxed[0]
     # Slots round up (the trim step takes back what the targets do not need). Node counts round down,
     # which keeps them within max_nodes and the budget; packing then adds the nodes the slots need
     # wherever those limits leave room.
@@ -682,6 +950,30 @@ class _Plan:
         self._stage_slots = [_getter(own) for own in prep.pairs_of_stage]
         self._stage_rates = [tuple(prep.pairs[p].rate for p in own) for own in prep.pairs_of_stage]
         self._shape_slots = [_getter(own) for own in prep.pairs_of_shape]
+        # Per shape, its pairs in first-fit-decreasing order (the order depends only on what a slot needs
+        # and the node's capacity, not on how many there are), with what their slots need.
+        self._pack_order: list[list[tuple[int, str, Need]]] = []
+        for si, on_shape in enumerate(prep.pairs_of_shape):
+            capacity = prep.capacity[si]
+            sizes: dict[Need, tuple[float, float, str]] = {}
+            keyed = []
+            for p in on_shape:
+                ki = prep.pairs[p].stage
+                kind = prep.need_keys[ki]
+                if (size := sizes.get(kind)) is None:
+                    size = sizes[kind] = size_key("", prep.needs[ki], capacity)
+                name = prep.stages[ki].name
+                keyed.append((size[0], size[1], name, p, kind))
+            keyed.sort()
+            self._pack_order.append([(p, name, kind) for _, _, name, p, kind in keyed])
+        # The packing with the most nodes made so far for each (shape, slots): packings of the same slots
+        # on other node counts are derived from it (PackResult.resized) instead of packing again.
+        self._widest: dict[tuple[int, tuple[int, ...]], PackResult] = {}
+        self._rooms: dict[tuple[int, Need], int] = {}
+        self._prices = [s.price_per_hour for s in prep.shapes]
+        self._fastest_first = [
+            sorted(own, key=lambda p: (-prep.pairs[p].rate, p)) for own in prep.pairs_of_stage
+        ]
 
     def rate(self, ki: int) -> float:
         return float(sum(map(operator.mul, self._stage_rates[ki], self._stage_slots[ki](self.slots))))
@@ -698,20 +990,21 @@ class _Plan:
         return self.rate_met(ki) and self.stage_slots(ki) >= self.prep.stages[ki].min_slots
 
     def cost(self) -> float:
-        return sum(s.price_per_hour * n for s, n in zip(self.prep.shapes, self.counts, strict=True))
+        return float(sum(map(operator.mul, self._prices, self.counts)))
 
     def pack(self, si: int, count: int | None = None) -> PackResult:
-        prep = self.prep
         n = self.counts[si] if count is None else count
-        on_shape = prep.pairs_of_shape[si]
-        key = (si, n, self._shape_slots[si](self.slots))
+        shape_slots = self._shape_slots[si](self.slots)
+        key = (si, n, shape_slots)
         if (cached := self._packs.get(key)) is None:
-            items = [
-                (prep.stages[prep.pairs[p].stage].name, prep.needs[prep.pairs[p].stage], self.slots[p])
-                for p in on_shape
-                if self.slots[p] > 0
-            ]
-            cached = first_fit_decreasing(prep.capacity[si], n, items)
+            widest = self._widest.get((si, shape_slots))
+            if widest is not None:
+                cached = widest.resized(n)
+            if cached is None:
+                slots = self.slots
+                items = [(name, need, slots[p]) for p, name, need in self._pack_order[si] if slots[p] > 0]
+                cached = first_fit(self.prep.capacity[si], n, items)
+                self._widest[(si, shape_slots)] = cached
             self._packs[key] = cached
         return cached
 
@@ -814,11 +1107,27 @@ class _Plan:
 
     def _apply_drop(self, si: int, drop: Mapping[int, int]) -> None:
         prep = self.prep
+        packed = self.pack(si)
+        names = {p: prep.stages[prep.pairs[p].stage].name for p in drop}
+        exactly_unplaced = len(drop) == len(packed.unplaced) and all(
+            packed.unplaced.get(names[p]) == n for p, n in drop.items()
+        )
         for p, n in drop.items():
             self.slots[p] -= n
             key = (prep.pairs[p].stage, si)
             self.dropped[key] = self.dropped.get(key, 0) + n
+        if exactly_unplaced:
+            # Without the copies first-fit could not place, it places the rest exactly where it did.
+            self._remember(si, self.counts[si], packed.without_unplaced())
         self.fill(sorted({prep.pairs[p].stage for p in drop}), closed=si)
+
+    def _remember(self, si: int, n: int, packed: PackResult) -> None:
+        """Record ``packed`` as the packing of shape ``si``'s current slots on ``n`` nodes."""
+        shape_slots = self._shape_slots[si](self.slots)
+        self._packs[(si, n, shape_slots)] = packed
+        widest = self._widest.get((si, shape_slots))
+        if widest is None or widest.node_count < n:
+            self._widest[(si, shape_slots)] = packed
 
     def _enforce_limits(self) -> None:
         """Never exceed max_nodes or the budget (the solvers' answers already respect them; this guards
@@ -845,12 +1154,24 @@ class _Plan:
             want = min(want, max(0, k.max_slots - self.stage_slots(ki)))
         return want
 
+    def _room(self, si: int, ki: int) -> int:
+        """Slots of stage ``ki`` that would fit into the leftovers of shape ``si``'s current packing (a first
+        guess, see PackResult.room_for)."""
+        packed = self.pack(si)
+        # Packings live as long as the plan (in _packs), so their ids are stable keys; stages whose slots
+        # need the same resources share the answer.
+        key = (id(packed), self.prep.need_keys[ki])
+        room = self._rooms.get(key)
+        if room is None:
+            room = self._rooms[key] = packed.room_for(self.prep.needs[ki], _SLOT_LIMIT)
+        return room
+
     def _grow(self, p: int, want: int) -> int:
         """Add up to ``want`` slots of pair ``p`` where its shape's nodes have room; returns how many."""
         pair = self.prep.pairs[p]
         base = self.slots[p]
-        guess = self.pack(pair.shape).room_for(self.prep.needs[pair.stage], want)
-        if guess == 0:
+        guess = min(want, self._room(pair.shape, pair.stage))
+        if guess <= 0:
             return 0
         self.slots[p] = base + guess
         if self.pack(pair.shape).ok:
@@ -875,20 +1196,30 @@ class _Plan:
         prep = self.prep
         todo = [ki for ki in (range(len(prep.stages)) if stages is None else stages) if not self.met(ki)]
         for ki in todo:
-            for p in sorted(prep.pairs_of_stage[ki], key=lambda p: (-prep.pairs[p].rate, p)):
+            for p in self._fastest_first[ki]:
                 if self.met(ki):
                     break
-                if self.counts[prep.pairs[p].shape] > 0 and (want := self._want(ki, p)) > 0:
+                si = prep.pairs[p].shape
+                if self.counts[si] > 0 and self._room(si, ki) > 0 and (want := self._want(ki, p)) > 0:
                     self._grow(p, want)
+        if not any(self.headroom(si) >= 1 for si in range(len(prep.shapes)) if si != closed):
+            # No node can be added anywhere (max_nodes or the budget reached, or every bound): nothing below
+            # would change (adding nodes only ever takes room away).
+            return
         for ki in todo:
             while not self.met(ki):
                 best: tuple[float, float, int] | None = None
+                headroom: dict[int, int] = {}
                 for p in prep.pairs_of_stage[ki]:
                     pair = prep.pairs[p]
                     if pair.shape == closed:
                         continue
+                    if (room := headroom.get(pair.shape)) is None:
+                        room = headroom[pair.shape] = self.headroom(pair.shape)
+                    if room < 1:
+                        continue
                     want = self._want(ki, p)
-                    if want <= 0 or self.headroom(pair.shape) < 1:
+                    if want <= 0:
                         continue
                     per_new_node = min(pair.per_node, want) * pair.rate
                     key = (prep.shapes[pair.shape].price_per_hour / per_new_node, -pair.rate, p)
@@ -925,7 +1256,8 @@ class _Plan:
         if used < self.counts[si]:
             return self.prep.shapes[si].price_per_hour
         capacity = self.prep.capacity[si]
-        left = packed.residual[used - 1]
+        last = packed.last_used()
+        left = last.left if last is not None else capacity
         busy = max((1.0 - left.get(r, 0.0) / c for r, c in capacity.items() if c > 0), default=1.0)
         return self.prep.shapes[si].price_per_hour * (1.0 - busy)
 
@@ -937,8 +1269,9 @@ class _Plan:
         by_name = {prep.stages[prep.pairs[p].stage].name: p for p in prep.pairs_of_shape[si]}
         self.counts[si] = max(self.prep.lo[si], min(self.counts[si], used) - 1)
         touched = []
-        if used > 0:
-            for name, count in packed.nodes[used - 1].items():
+        last = packed.last_used()
+        if last is not None:
+            for name, count in last.placed.items():
                 self.slots[by_name[name]] -= count
                 touched.append(self.prep.pairs[by_name[name]].stage)
         return touched
@@ -1096,19 +1429,215 @@ def _finish(prep: _Prepared, sol: _Solution, *, thorough: bool) -> _Plan:
 def select_shapes(problem: SelectionProblem) -> Selection:
     """The cheapest node counts and slot placements that meet as much of every stage's target as the
     bounds, max_nodes and budget allow. Unmet demand is returned as data, never raised."""
+    return _select(_prepare(problem))
+
+
+def _short(rate: float, target: float) -> bool:
+    """``rate`` misses ``target`` (the tolerance of _Plan.rate_met)."""
+    return not rate >= target * (1 - _RATE_REL_TOL) - _RATE_REL_TOL
+
+
+def _node_limits(prep: _Prepared) -> list[int]:
+    """Per shape, the most nodes any plan can have: its bound, max_nodes and what the budget buys."""
+    problem = prep.problem
+    budget = problem.budget_per_hour
+    limits = []
+    for si, s in enumerate(prep.shapes):
+        most = min(prep.hi[si], problem.max_nodes)
+        if s.price_per_hour > 0 and math.isfinite(budget):
+            most = min(most, _floor_ratio(budget * (1 + _RATE_REL_TOL) + _RATE_REL_TOL, s.price_per_hour))
+        limits.append(max(prep.lo[si], most))
+    return limits
+
+
+def _resource_short(prep: _Prepared) -> bool:
+    """True only when no plan can meet every target because some resource runs out on every node the
+    limits allow together — a proof in one pass over the pairs, no solver.
+
+    A stage meeting its target uses at least ``target · min over its shapes of (need / per-slot rate)`` of
+    each resource its slots need, and whole nodes hold at most their capacity (plus first-fit's float
+    tolerance, see ``_PACKING_OVERRUN``). It settles the common case of today's nodes falling far short of
+    the demand; :func:`select_covering` goes on to the linear relaxation when it does not.
+    """
+    limits = _node_limits(prep)
+    supply: dict[str, float] = {}
+    for si, capacity in enumerate(prep.capacity):
+        for res, cap in capacity.items():
+            supply[res] = supply.get(res, 0.0) + limits[si] * (cap + _PACKING_OVERRUN * (1.0 + cap))
+    need: dict[str, float] = {}
+    for ki, k in enumerate(prep.stages):
+        met_at = k.target_rate * (1 - _RATE_REL_TOL) - _RATE_REL_TOL
+        own = prep.pairs_of_stage[ki]
+        if not met_at > 0 or not own:
+            continue
+        for res, amount in prep.needs[ki].items():
+            least = min(amount / prep.pairs[p].rate for p in own)
+            need[res] = need.get(res, 0.0) + met_at * least
+    return any(amount > supply.get(res, 0.0) * (1 + _CERTIFICATE_MARGIN) for res, amount in need.items())
+
+
+@dataclass(frozen=True, slots=True)
+class _CoverBox:
+    """The relaxation every plan ``select_shapes`` can return lies in (see :func:`select_covering`)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    rows: _Rows
+    overrun: np.ndarray
+    """Per row, how far a plan may overrun it (float tolerance in packing and in the budget check)."""
+    objective: np.ndarray
+    """The summed unmet fraction of the targets."""
+    allowed: float
+    """What that sum can be in a plan whose every target counts as met."""
+
+
+def _cover_box(prep: _Prepared, program: _Program) -> _CoverBox | None:
+    """Every plan keeps each shape within its bounds, max_nodes and the budget, and packs onto whole
+    nodes, so it satisfies the program's rows (which only count what whole nodes hold) with node counts up
+    to those limits and slots up to what those nodes hold — looser than the solver's own bounds, which are
+    tightened to what could be useful. None when slots needing no resources leave slot counts unbounded."""
+    stages = prep.stages
+    if any(not prep.needs[pair.stage] for pair in prep.pairs):
+        return None
+    problem = prep.problem
+    budget = problem.budget_per_hour
+    lower, upper = program.lower.copy(), program.upper.copy()
+    upper[: len(prep.shapes)] = _node_limits(prep)
+    for p, pair in enumerate(prep.pairs):
+        most = pair.per_node * int(upper[pair.shape])
+        cap = stages[pair.stage].max_slots
+        upper[program.off_x + p] = most if cap is None else min(most, cap)
+    n_shapes = len(prep.shapes)
+    rows = program.rows
+    overrun = np.zeros(rows.lower.size)
+    for r, (si, per_node) in program.tolerant_rows.items():
+        overrun[r] = per_node * upper[si]
+    shapes_col = np.arange(n_shapes, dtype=np.int32)
+    if not program.has_max_nodes_row and float(upper[:n_shapes].sum()) > problem.max_nodes:
+        rows = rows.plus(shapes_col, np.ones(n_shapes), -math.inf, float(problem.max_nodes))
+        overrun = np.append(overrun, 0.0)
+    if math.isfinite(budget):
+        scale = budget if budget > 0 else 1.0
+        slack = _PACKING_OVERRUN * (budget + 1.0) / scale
+        if program.budget_row is not None:
+            overrun[program.budget_row] = slack
+        else:
+            prices = np.array([s.price_per_hour for s in prep.shapes], dtype=float) / scale
+            rows = rows.plus(shapes_col, prices, -math.inf, budget / scale)
+            overrun = np.append(overrun, slack)
+    objective = np.zeros(program.n_vars)
+    objective[program.off_u : program.off_m] = 1.0
+    return _CoverBox(lower, upper, rows, overrun, objective, _allowed_unmet(prep, program))
+
+
+def _allowed_unmet(prep: _Prepared, program: _Program) -> float:
+    """The summed unmet fraction a plan can leave while every target counts as met (_Plan.rate_met)."""
+    return sum(_RATE_REL_TOL * (1.0 + 1.0 / prep.stages[ki].target_rate) for ki in program.demand_stages)
+
+
+def _proves_short(box: _CoverBox, duals: np.ndarray) -> bool:
+    """Whether multipliers ``duals`` (for the first rows of ``box.rows``) prove that no plan in the box
+    meets every target: weak duality bounds the summed unmet fraction from below, whatever the solver's
+    tolerances were, and a bound above ``box.allowed`` leaves no plan whose every target counts as met."""
+    y = np.zeros(box.rows.lower.size)
+    y[: duals.size] = duals
+    threshold = box.allowed + _CERTIFICATE_MARGIN
+    return any(
+        _dual_bound(box.objective, box.lower, box.upper, box.rows, box.overrun, sign * y) > threshold
+        for sign in (1.0, -1.0)
+    )
+
+
+def _dual_bound(
+    objective: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    rows: _Rows,
+    overrun: np.ndarray,
+    y: np.ndarray,
+) -> float:
+    """A lower bound on ``objective · z`` over every ``z`` within [lower, upper] whose rows hold up to
+    ``overrun``: for any multipliers ``y`` (weak duality), min over the box of (objective − Aᵀy)·z plus
+    what ``y`` earns on the row bounds it presses against, less what the overruns could take back."""
+    y = np.where(((y > 0) & np.isfinite(rows.lower)) | ((y < 0) & np.isfinite(rows.upper)), y, 0.0)
+    per_entry = np.repeat(y, np.diff(rows.start))
+    reduced = objective - np.bincount(rows.index, weights=rows.value * per_entry, minlength=objective.size)
+    box = float(np.minimum(reduced * lower, reduced * upper).sum())
+    side = np.where(y > 0, rows.lower, np.where(y < 0, rows.upper, 0.0))
+    earned = float(np.where(y != 0, y * np.where(y != 0, side, 0.0), 0.0).sum())
+    return box + earned - float(np.abs(y) @ overrun)
+
+
+def select_covering(problem: SelectionProblem) -> Selection | None:
+    """``select_shapes(problem)`` when that plan meets every target (status ``optimal``), else None.
+
+    The same answer as selecting and checking the status, found much sooner when it is None and a proof
+    shows it, in this order: some resource runs out on every node the limits allow
+    (:func:`_resource_short`, one pass, no solver — about a tenth of a selection); or the linear
+    relaxation over every node the bounds, max_nodes and budget allow falls short, proved from its duals
+    (weak duality over :func:`_cover_box`, whatever the solver's tolerances; about a third). Only
+    otherwise is a plan rounded, packed and repaired. When the targets can be met it costs what
+    ``select_shapes`` costs, and returns the very same selection.
+
+    Meant for a decision's "would today's nodes do?" checks (``upper`` = today's counts).
+    """
     prep = _prepare(problem)
+    if prep.infeasible_bounds:
+        return None
+    if any(not prep.pairs_of_stage[ki] and _short(0.0, k.target_rate) for ki, k in enumerate(prep.stages)):
+        return None
+    if not prep.pairs:
+        selection = _select(prep)
+        return selection if selection.status == "optimal" else None
+    if _resource_short(prep):
+        return None
+    program = _Program(prep)
+    relaxed = _relax(program)
+    # When even the relaxation leaves demand unmet, try to prove it for every plan: the weighted
+    # relaxation's duals, scaled to the unmet measure, are almost always a tight enough proof on their own;
+    # when they are not, the relaxation over the box for the unmet measure alone (one more LP) decides.
+    relaxed_unmet = math.inf if relaxed is None else float(relaxed[0][program.off_u : program.off_m].sum())
+    if relaxed is not None and relaxed_unmet > _allowed_unmet(prep, program):
+        box = _cover_box(prep, program)
+        if box is not None:
+            duals = relaxed[1]
+            if duals is not None and _proves_short(box, duals / program.unmet_weight):
+                return None
+            alone = _run_highs(box.objective, box.lower, box.upper, box.rows, None, presolve=False)
+            if alone is not None and alone[1] is not None and _proves_short(box, alone[1]):
+                return None
+    selection = _select(prep, program, (relaxed,))
+    return selection if selection.status == "optimal" else None
+
+
+def covers(problem: SelectionProblem) -> bool:
+    """Whether ``select_shapes(problem)`` meets every target (status ``optimal``); see
+    :func:`select_covering`."""
+    return select_covering(problem) is not None
+
+
+def _select(
+    prep: _Prepared,
+    program: _Program | None = None,
+    relaxed: tuple[tuple[np.ndarray, np.ndarray | None] | None] | None = None,
+) -> Selection:
+    """``select_shapes`` on a prepared problem; ``program`` and ``relaxed`` (``(_relax(program),)``) when
+    the caller has them already."""
     if not prep.pairs:
         # Nothing can be placed anywhere: the cheapest plan is the lower bounds, no solver needed.
         return _build(prep, _Plan(prep, _Solution(counts=list(prep.lo), slots=[]), thorough=False))
-    program = _Program(prep)
+    if program is None:
+        program = _Program(prep)
+    if relaxed is None:
+        relaxed = (_relax(program),)
     plans: list[_Plan] = []
     small = program.n_int <= _EXACT_INTEGER_VARS
     if small and (exact := _solve_exact(program)) is not None:
         plans.append(_finish(prep, exact, thorough=True))
     # Always also the rounded relaxation: it is cheap, and where packing forces the exact program's
     # answer to grow, the packing-aware rounding sometimes does better.
-    if (relaxed := _solve_relaxed(program)) is not None:
-        plans.append(_finish(prep, relaxed, thorough=small))
+    if (rounded := _solve_relaxed(program, relaxed[0])) is not None:
+        plans.append(_finish(prep, rounded, thorough=small))
     if not plans:
         plan = _Plan(prep, _Solution(counts=list(prep.lo), slots=[0] * len(prep.pairs)), thorough=False)
         return _build(prep, plan, status_hint="the solver found no plan")

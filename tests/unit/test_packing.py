@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.packing import Item, PackResult, first_fit_decreasing
+from autoscaler.packing import Item, PackResult, first_fit, first_fit_decreasing
 
 
 def naive_ffd(capacity: Mapping[str, float], node_count: int, items: Sequence[Item]) -> list[dict[str, int]]:
@@ -161,3 +161,50 @@ def test_bulk_placement_equals_textbook_first_fit(inputs: tuple[dict[str, float]
     assert first_fit_decreasing(capacity, count, items) == result
     used = result.used_nodes
     assert all(result.nodes[i] for i in range(used)) and not any(result.nodes[used:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(packing_inputs(), st.integers(0, 10))
+def test_resized_packing_equals_packing_again(
+    inputs: tuple[dict[str, float], int, list[Item]], other: int
+) -> None:
+    capacity, count, items = inputs
+    result = first_fit_decreasing(capacity, count, items)
+    resized = result.resized(other)
+    if resized is None:
+        # Only more nodes than a packing that left copies out needs a new packing.
+        assert other > count and not result.ok
+        return
+    again = first_fit_decreasing(capacity, other, items)
+    assert resized == again
+    assert [dict(n) for n in resized.nodes] == [dict(n) for n in again.nodes]
+    assert dict(resized.unplaced) == dict(again.unplaced)
+    assert resized.used_nodes == again.used_nodes and resized.node_count == other
+
+
+@settings(max_examples=300, deadline=None)
+@given(packing_inputs())
+def test_without_unplaced_equals_packing_the_rest(inputs: tuple[dict[str, float], int, list[Item]]) -> None:
+    capacity, count, items = inputs
+    result = first_fit_decreasing(capacity, count, items)
+    rest = [(name, need, n - result.unplaced.get(name, 0)) for name, need, n in items]
+    assert result.without_unplaced() == first_fit_decreasing(capacity, count, rest)
+    assert result.without_unplaced().ok
+
+
+def test_runs_describe_the_nodes() -> None:
+    r = first_fit_decreasing({"CPU": 4}, 5, [("big", {"CPU": 3}, 3), ("small", {"CPU": 1}, 4)])
+    assert [(dict(run.placed), run.node_count) for run in r.runs] == [
+        ({"big": 1, "small": 1}, 3),
+        ({"small": 1}, 1),
+        ({}, 1),
+    ]
+    assert r.node_count == 5 and r.used_nodes == 4
+    last = r.last_used()
+    assert last is not None and dict(last.placed) == {"small": 1} and last.left["CPU"] == 3
+
+
+def test_first_fit_keeps_the_given_order() -> None:
+    # Smallest first: the 1-CPU copies fill both nodes and the 3-CPU one finds no room.
+    r = first_fit({"CPU": 4}, 2, [("small", (("CPU", 1.0),), 8), ("big", (("CPU", 3.0),), 1)])
+    assert dict(r.unplaced) == {"big": 1}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
@@ -9,8 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autoscaler import selection as selection_module
 from autoscaler.packing import first_fit_decreasing
-from autoscaler.selection import Selection, SelectionProblem, StageRequirement, select_shapes
+from autoscaler.selection import (
+    Selection,
+    SelectionProblem,
+    StageRequirement,
+    covers,
+    select_covering,
+    select_shapes,
+)
 from autoscaler.types import NodeShape
 
 INF = math.inf
@@ -544,7 +553,7 @@ def test_invalid_numbers_are_refused(make: object) -> None:
         make()
 
 
-def test_benchmark_sized_problem_is_sound_and_deterministic() -> None:
+def benchmark_sized_problem() -> SelectionProblem:
     rng = np.random.default_rng(7)
     shapes = [
         NodeShape(f"cpu{i}", {"CPU": c}, round(c * 0.045, 3), max_count=100)
@@ -570,7 +579,12 @@ def test_benchmark_sized_problem_is_sound_and_deterministic() -> None:
                 {str(n): base * float(rng.uniform(0.7, 1.3)) for n in eligible},
             )
         )
-    p = problem(shapes, stages, max_nodes=1000)
+    return problem(shapes, stages, max_nodes=1000)
+
+
+def test_benchmark_sized_problem_is_sound_and_deterministic() -> None:
+    p = benchmark_sized_problem()
+    shapes, stages = list(p.shapes), list(p.stages)
     sel = select_shapes(p)
     assert sel == select_shapes(p)
     assert sel.status == "optimal"
@@ -583,3 +597,138 @@ def test_benchmark_sized_problem_is_sound_and_deterministic() -> None:
             if pl.shape == name
         ]
         assert first_fit_decreasing(by_name[name].resources, count, items).ok
+
+
+# --------------------------------------------------------------------------------------------------
+# select_covering / covers: the same answer as select_shapes's status, proved early when it is no.
+
+
+def covering_agrees(p: SelectionProblem) -> None:
+    sel = select_shapes(p)
+    want = sel if sel.status == "optimal" else None
+    assert select_covering(p) == want
+    assert covers(p) == (want is not None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(selection_problems())
+def test_select_covering_is_select_shapes_when_everything_is_met(p: SelectionProblem) -> None:
+    covering_agrees(p)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_select_covering_agrees_near_the_capacity_edge(seed: int) -> None:
+    # Demand scaled to about what the nodes can hold, so that both answers occur and the proofs are tried
+    # where they are hardest.
+    rng = np.random.default_rng(1000 + seed)
+    p = random_small_problem(rng)
+    for factor in (0.5, 0.9, 1.0, 1.1, 2.0):
+        covering_agrees(
+            dataclasses.replace(
+                p, stages=tuple(dataclasses.replace(k, target_rate=k.target_rate * factor) for k in p.stages)
+            )
+        )
+
+
+def forbid_selecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_args: object, **_kwargs: object) -> Selection:
+        raise AssertionError("the proof should have answered without selecting")
+
+    monkeypatch.setattr(selection_module, "_select", fail)
+
+
+def test_covering_proved_short_by_resources_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10 GPU slots wanted, 4 GPUs in all the nodes the bounds allow.
+    p = problem(
+        [NodeShape("g2", {"CPU": 8, "GPU": 2}, 2.0, max_count=2)],
+        [StageRequirement("infer", 10.0, {"CPU": 1, "GPU": 1}, {"g2": 1.0})],
+    )
+    forbid_selecting(monkeypatch)
+    monkeypatch.setattr(selection_module, "_Program", None)  # not even the program is built
+    assert select_covering(p) is None
+
+
+def test_covering_proved_short_by_the_relaxation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3-CPU and 2-CPU slots never share a 4-CPU node: 3 + 3 slots need 6 nodes although 15 CPUs "fit" 4.
+    p = problem(
+        [NodeShape("n4", {"CPU": 4}, 1.0, max_count=4)],
+        [
+            StageRequirement("a", 3.0, {"CPU": 3}, {"n4": 1.0}),
+            StageRequirement("b", 3.0, {"CPU": 2}, {"n4": 1.0}),
+        ],
+    )
+    assert select_shapes(p).status == "partial"
+    forbid_selecting(monkeypatch)
+    assert select_covering(p) is None
+
+
+def test_covering_plan_is_the_selection() -> None:
+    p = problem(
+        [NodeShape("n4", {"CPU": 4}, 1.0, max_count=6)],
+        [
+            StageRequirement("a", 3.0, {"CPU": 3}, {"n4": 1.0}),
+            StageRequirement("b", 3.0, {"CPU": 2}, {"n4": 1.0}),
+        ],
+    )
+    sel = select_covering(p)
+    assert sel is not None and sel == select_shapes(p) and sel.status == "optimal"
+
+
+def test_infeasible_bounds_never_cover() -> None:
+    p = problem([NodeShape("a", {"CPU": 4}, 1.0, min_count=3, max_count=5)], [], max_nodes=2)
+    assert select_shapes(p).status == "infeasible_bounds"
+    assert select_covering(p) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Without SciPy's HiGHS binding (older or changed SciPy), the public milp path gives the same answers.
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 10))
+def test_milp_fallback_matches_brute_force(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(selection_module, "_HIGHS", None)
+    p = random_small_problem(np.random.default_rng(seed))
+    want_unmet, want_cost = brute_force(p)
+    sel = select_shapes(p)
+    assert unmet_fraction(sel) == pytest.approx(want_unmet, abs=1e-6)
+    assert sel.cost_per_hour == pytest.approx(want_cost, abs=1e-6)
+    covering_agrees(p)
+
+
+def test_milp_fallback_and_highs_binding_agree_on_a_large_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = benchmark_sized_problem()
+    direct = select_shapes(p)
+    monkeypatch.setattr(selection_module, "_HIGHS", None)
+    assert select_shapes(p) == direct
+
+
+# --------------------------------------------------------------------------------------------------
+# The program: slot-per-node rows that a summed row implies are left out, and the cached structure.
+
+
+def test_implied_rows_are_left_out_but_bind_through_the_summed_rows() -> None:
+    # 1-CPU and 2-CPU slots on 8-CPU nodes: the CPU row (x1/8 + x2/4 <= n) implies x1 <= 8n and x2 <= 4n.
+    shape = NodeShape("n8", {"CPU": 8}, 1.0, max_count=20)
+    stages = [
+        StageRequirement("one", 20.0, {"CPU": 1}, {"n8": 1.0}),
+        StageRequirement("two", 10.0, {"CPU": 2}, {"n8": 1.0}),
+    ]
+    prep = selection_module._prepare(problem([shape], stages))
+    program = selection_module._Program(prep)
+    per_node_rows = [
+        r
+        for r in range(program.rows.lower.size)
+        if program.rows.start[r + 1] - program.rows.start[r] == 2 and program.rows.upper[r] == 0.0
+    ]
+    assert per_node_rows == []
+    sel = select_shapes(problem([shape], stages))
+    assert sel.status == "optimal" and sel.counts["n8"] == 5  # 20 + 2·10 = 40 CPUs
+
+
+def test_shape_structure_matches_pairwise_conflicts() -> None:
+    # On 4 CPUs a 3-CPU slot shares a node with nothing here; 2- and 1.5-CPU slots share with each other.
+    kinds = ((("CPU", 3.0),), (("CPU", 2.0),), (("CPU", 1.5),), (("CPU", 3.0),))
+    found = selection_module._compute_structure({"CPU": 4.0}, kinds)
+    assert found.exclusive == (True, False, False, True)
+    assert set(found.cliques) == {(0, 1, 3), (0, 2, 3)}
+    assert selection_module._shape_structure({"CPU": 4.0}, kinds) == found
