@@ -15,7 +15,14 @@ from typing import Any
 from autoscaler.config import Config
 from autoscaler.guardrails import GuardLimits, GuardState, apply_guardrails
 from autoscaler.policy import Policy, PolicyContext, PolicyDecision
-from autoscaler.selection import Selection, SelectionProblem, StageRequirement, select_shapes
+from autoscaler.selection import (
+    Selection,
+    SelectionProblem,
+    StageRequirement,
+    covers,
+    select_covering,
+    select_shapes,
+)
 from autoscaler.throughput import RateEstimate, ThroughputModels
 from autoscaler.types import (
     Placement,
@@ -258,7 +265,6 @@ def _deadband(
         return selection
     # select_covering: select_shapes's plan when it leaves nothing unmet (status "optimal"), else None —
     # the same answer, proved from the resources or the LP relaxation alone when today's nodes fall short.
-    from autoscaler.selection import select_covering
 
     factor = (1.0 + h * keep) / (1.0 + h)
     reduced = tuple(replace(r, target_rate=r.target_rate * factor) for r in problem.stages)
@@ -281,8 +287,7 @@ def _hold_band(
     if band <= 0:
         return selection
     inflated = tuple(replace(r, target_rate=r.target_rate * (1.0 + band)) for r in problem.stages)
-    within = select_shapes(replace(problem, stages=inflated, upper=dict(current)))
-    if within.unmet or within.status != "optimal":
+    if not covers(replace(problem, stages=inflated, upper=dict(current))):
         # Today's nodes are not clearly too many: keep them all (and the plan's placements for display).
         keep = {n: max(c, int(selection.counts.get(n, 0))) for n, c in current.items()}
         return replace(selection, counts=MappingProxyType(keep))
