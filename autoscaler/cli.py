@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -398,12 +398,49 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the report (PNG + JSON) goes.")] = Path(
         "raytide-report"
     ),
+    simulated: Annotated[
+        bool,
+        typer.Option("--simulated", help="No Ray: the simulated CPU→GPU pipeline under a step in load."),
+    ] = False,
+    autoscaler: Annotated[
+        str, typer.Option("--autoscaler", help="Ray autoscaler version of the local cluster: v1 or v2.")
+    ] = "v2",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="One short burst instead of two (about 1.5 min instead of 2.5).")
+    ] = False,
+    time_limit: Annotated[
+        float | None,
+        typer.Option("--time-limit", help="Seconds the live demo may run at most (default 270; quick 170)."),
+    ] = None,
 ) -> None:
-    """Show raytide deciding, with nothing to install: a simulated CPU→GPU pipeline under a step in load,
-    the default policy against an emulation of Ray's own autoscaling, with a PNG timeline and a JSON report.
+    """Watch raytide drive a real local autoscaling Ray cluster: a bursty two-stage Ray Data pipeline (CPU
+    decode → GPU inference actor pool) on fake cpu4/gpu1 nodes, a live view of backlog, nodes and decisions,
+    then a PNG timeline and a JSON summary in --out. Stops every Ray process on this machine when done.
 
-    (The live version — the daemon driving a local autoscaling Ray cluster — is not built yet.)
+    With --simulated: no Ray, the simulator's 'step' scenario, throughput policy vs ray-default.
     """
+    if simulated:
+        _demo_simulated(out_dir)
+        return
+    if autoscaler not in ("v1", "v2"):
+        raise typer.BadParameter("--autoscaler must be v1 or v2")
+    if time_limit is not None and not time_limit > 0:
+        raise typer.BadParameter("--time-limit must be > 0")
+    from autoscaler.demo import DemoOptions, run_demo
+
+    version: Literal["v1", "v2"] = "v1" if autoscaler == "v1" else "v2"
+    extra: dict[str, Any] = {"out_dir": out_dir, "autoscaler": version}
+    if time_limit is not None:
+        extra["time_limit_seconds"] = time_limit
+    opts = DemoOptions.quick(**extra) if quick else DemoOptions(**extra)
+    code = run_demo(opts)
+    if code:
+        raise typer.Exit(code)
+
+
+def _demo_simulated(out_dir: Path) -> None:
+    """The simulated demo: a CPU→GPU pipeline under a step in load, the default policy against an emulation
+    of Ray's own autoscaling, with a PNG timeline and a JSON report."""
     import json as _json
 
     out_dir.mkdir(parents=True, exist_ok=True)
