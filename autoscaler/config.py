@@ -8,12 +8,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoscaler.types import NodeShape, frozen_map
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -340,8 +342,17 @@ def _format_path(loc: tuple[str | int, ...]) -> str:
     return out or "(top level)"
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
-    """Parse and validate YAML text; raise ConfigError listing every problem with its path and line."""
+def validate_yaml(
+    text: str,
+    source: str,
+    model: type[_M],
+    *,
+    what: str = "the configuration",
+    ignore_in_path: frozenset[str] = frozenset(),
+) -> _M:
+    """Parse YAML and validate it as ``model``; raise ConfigError listing every problem with its path and
+    line in the file. ``ignore_in_path`` drops location parts that are not keys in the file (e.g. the tag
+    names of a discriminated union)."""
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text)
@@ -352,27 +363,26 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            source, [ConfigProblem("(top level)", 1, "the configuration must be a YAML mapping")]
-        )
+        raise ConfigError(source, [ConfigProblem("(top level)", 1, f"{what} must be a YAML mapping")])
     lines: dict[tuple[str | int, ...], int] = {}
     _line_index(root, (), lines)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         problems = []
         for err in e.errors():
             loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
             # pydantic appends validator names (e.g. "function-after[...]") to some locations
-            clean = tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
-            line = None
-            for n in range(len(clean), -1, -1):
-                if clean[:n] in lines:
-                    line = lines[clean[:n]]
-                    break
+            clean = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ignore_in_path)))
+            line = next((lines[clean[:n]] for n in range(len(clean), -1, -1) if clean[:n] in lines), None)
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(ConfigProblem(_format_path(clean), line, msg))
         raise ConfigError(source, problems) from e
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate YAML text; raise ConfigError listing every problem with its path and line."""
+    return validate_yaml(text, source, Config)
 
 
 def load_config(path: Path | str) -> Config:

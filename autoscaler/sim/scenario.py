@@ -20,10 +20,9 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from autoscaler.config import Config, ConfigError, ConfigProblem, _format_path, _line_index
+from autoscaler.config import Config, ConfigError, ConfigProblem, validate_yaml
 
 __all__ = [
     "BurstyTrace",
@@ -427,29 +426,7 @@ class Scenario(_Strict):
 
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     """Parse and validate a scenario; raise ConfigError listing every problem with its path and line."""
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(source, [ConfigProblem("(file)", line, f"not valid YAML: {e}")]) from e
-    if not isinstance(data, dict):
-        raise ConfigError(source, [ConfigProblem("(top level)", 1, "a scenario must be a YAML mapping")])
-    lines: dict[tuple[str | int, ...], int] = {}
-    _line_index(root, (), lines)
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
-            clean = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _TRACE_KINDS)))
-            line = next((lines[clean[:n]] for n in range(len(clean), -1, -1) if clean[:n] in lines), None)
-            problems.append(
-                ConfigProblem(_format_path(clean), line, err["msg"].removeprefix("Value error, "))
-            )
-        raise ConfigError(source, problems) from e
+    return validate_yaml(text, source, Scenario, what="a scenario", ignore_in_path=_TRACE_KINDS)
 
 
 _TRACE_KINDS = frozenset({"steady", "step", "bursty", "daily_batch", "noisy_diurnal"})
