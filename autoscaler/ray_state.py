@@ -355,11 +355,18 @@ def _build_state(
     pending: list[PendingLaunch] = []
     failures: list[LaunchFailure] = []
     if version == "v2":
+        # A cluster has one head and the autoscaler never launches it; right after start v2 briefly lists
+        # the live head as a pending instance too (seen on 2.60), which is not capacity on its way.
+        live_head_type = next((n.node_type for n in nodes if n.is_head), None)
         for req in status.pending_launches:
+            if req.ray_node_type_name == live_head_type:
+                continue
             pending.append(
                 PendingLaunch(req.ray_node_type_name, int(req.count), "requested", req.details or "")
             )
         for info in status.pending_nodes:
+            if info.ray_node_type_name == live_head_type:
+                continue
             pending.append(PendingLaunch(info.ray_node_type_name, 1, "starting", info.details or ""))
         for req in status.failed_launches:
             failures.append(LaunchFailure(req.ray_node_type_name, int(req.count), req.details or ""))
