@@ -416,9 +416,7 @@ class Daemon:
             # action nobody knows about.
             errors.append(f"state store: {e}; not acting this tick")
             self.telemetry.record_actuation_error("state_store")
-            return self._publish(
-                tick, snapshot, plan, None, (), (), errors, t0, policy_s, commit=False, decision=decision
-            )
+            return self._publish(tick, snapshot, plan, None, (), (), errors, t0, policy_s, commit=False)
         mem.tick = tick
         mem.state = decision.state
         mem.plan = plan
@@ -448,7 +446,6 @@ class Daemon:
             t0,
             policy_s,
             commit=True,
-            decision=decision,
         )
 
     # ------------------------------------------------------------------------------------ observe
@@ -602,7 +599,6 @@ class Daemon:
         policy_s: float,
         *,
         commit: bool,
-        decision: Decision,
     ) -> TickOutcome:
         duration = time.monotonic() - t0
         outcome = TickOutcome(

@@ -91,7 +91,13 @@ def stage_demands(
         need[st.name] = arrival + drain + extra
         target = need[st.name] * (1.0 + targets.headroom)
         parts = [f"arrival {_fmt(arrival)}/s"]
-        if backlog > 0:
+        if projected > backlog:
+            # Say where the drain term comes from: the backlog the new nodes will find, not today's.
+            parts.append(
+                f"backlog {_fmt(backlog)}, {_fmt(projected)} by the time new nodes land in {_fmt(lead)} s, "
+                f"drained in {_fmt(targets.drain_seconds)} s (+{_fmt(drain)}/s)"
+            )
+        elif backlog > 0:
             parts.append(
                 f"backlog {_fmt(backlog)} drained in {_fmt(targets.drain_seconds)} s (+{_fmt(drain)}/s)"
             )

@@ -96,3 +96,11 @@ def test_projected_backlog_uses_the_lead_time() -> None:
     )
     # arrival 20/s; the backlog grows 10/s for 50 s more → 600 to drain in 100 s → 6/s.
     assert math.isclose(d.target_rate, 26.0)
+
+
+def test_reason_names_the_projected_backlog_it_drains() -> None:
+    # Queue growing 5/s, new nodes 20 s away: the drain term is for 100 + 5 x 20 = 200, as the reason says.
+    st = stage("a", backlog=100.0, throughput=10.0, arrival=15.0)
+    (d,) = stage_demands((st,), T, lead_seconds={"a": 20.0})
+    assert d.target_rate == 15.0 + 200.0 / 100.0
+    assert "backlog 100, 200 by the time new nodes land in 20 s" in d.reason
