@@ -20,7 +20,10 @@ resource ``raytide-node-type:<name>`` (see :mod:`autoscaler.ray_state`), so both
 exactly work on this cluster.
 
 ``ray stop --force`` (used by :meth:`LocalAutoscalingCluster.shutdown`) stops every Ray process on the
-machine, so run one such cluster at a time. Shutdown also removes the config directory and, unless
+machine, so run one such cluster at a time: :meth:`LocalAutoscalingCluster.start` takes an exclusive
+machine-wide lock (``$RAYTIDE_CLUSTER_LOCK``, default ``<tmp>/raytide-local-cluster.lock``) and waits for
+it, so two test sessions, a benchmark and ``raytide demo`` queue instead of killing each other's cluster.
+Shutdown also removes the config directory and, unless
 ``keep_logs=True``, the cluster's Ray session directory (``/tmp/ray/session_*``, its logs). Ray's default
 temp root is kept, because ``/tmp/ray/prom_metrics_service_discovery.json`` is where exporters are found.
 
@@ -34,6 +37,7 @@ starts worker raylets with that address.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -46,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal, Self
+from typing import IO, Any, Literal, Self
 
 import yaml
 
@@ -96,6 +100,20 @@ def _check_label_value(value: str) -> None:
             f"node type name {value!r} is not a valid Ray label value "
             "(1-63 chars of [A-Za-z0-9-_.], alphanumeric at both ends)"
         )
+
+
+def _acquire_machine_lock() -> IO[str]:
+    """Wait for the machine-wide lock on local clusters; the open file holds it until closed."""
+    path = os.environ.get("RAYTIDE_CLUSTER_LOCK") or os.path.join(
+        tempfile.gettempdir(), "raytide-local-cluster.lock"
+    )
+    f = open(path, "a+")  # noqa: SIM115 - held for the cluster's lifetime, closed by shutdown()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"raytide: another local Ray cluster is running; waiting for {path}", file=sys.stderr)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -194,6 +212,7 @@ class LocalAutoscalingCluster:
         self._config: dict[str, Any] | None = None
         self._keep_logs = keep_logs
         self._session_dir: Path | None = None
+        self._lock_file: IO[str] | None = None
 
     # ----------------------------------------------------------------------------------------- public
 
@@ -231,6 +250,7 @@ class LocalAutoscalingCluster:
     def start(self) -> Self:
         if self._address is not None:
             raise RuntimeError("cluster already started")
+        self._lock_file = _acquire_machine_lock()
         # A leftover cluster from a crashed run would answer on the default ports and confuse everything.
         ray_stop()
         self._tmpdir = tempfile.TemporaryDirectory(prefix="raytide-cluster-")
@@ -260,6 +280,9 @@ class LocalAutoscalingCluster:
         if self._session_dir is not None and not self._keep_logs:
             shutil.rmtree(self._session_dir, ignore_errors=True)
         self._session_dir = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
         with contextlib.suppress(Exception):
             import ray._private.services
 
