@@ -52,7 +52,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/decision_latency.py
-	$(BIN)/python bench/policy_quality.py
+	$(BIN)/python bench/policies.py
 	$(BIN)/python bench/sim_speed.py
 
 clean:
