@@ -2,8 +2,9 @@
 
 Runs ``raytide simulate``'s engine on each scenario in ``scenarios/`` marked ``default`` (not the long speed
 test), with every installed policy, and prints progress on stderr and one JSON object as its last line:
-per scenario, cost and SLO-miss seconds per policy, GPU utilization while GPU work is queued, decisions to
-converge after a step, and ``throughput``'s cost ratio against ``ray-default``.
+per scenario, cost and SLO-miss seconds per policy, GPU utilization while GPU work is queued (at a GPU
+stage; the same over work queued upstream of one is reported beside it, see ``autoscaler.sim.results``),
+decisions to converge after a step, and ``throughput``'s cost ratio against ``ray-default``.
 
 The goals it checks (from the issue): ``throughput`` at least 30% cheaper than ``ray-default`` with no more
 SLO-miss seconds on every scenario; GPU utilization of at least 80% while GPU work is queued; at most 2
@@ -22,9 +23,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from autoscaler.policy import installed_policies, load_policy
-from autoscaler.sim.results import run_policy
-from autoscaler.sim.scenario import Scenario, load_scenario, resolve_scenarios
+# Run as a script, this file's own directory comes first on sys.path, and this file's name would then
+# shadow the ``policies`` package the built-in policies are imported from.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if not (p and Path(p).resolve() == _HERE)]
+
+from autoscaler.policy import installed_policies, load_policy  # noqa: E402
+from autoscaler.sim.results import run_policy  # noqa: E402
+from autoscaler.sim.scenario import Scenario, load_scenario, resolve_scenarios  # noqa: E402
 
 BUILTIN_POLICIES = ("throughput", "utilization", "backlog", "ray-default")
 
@@ -107,6 +113,10 @@ def main() -> None:
             "slo_miss_seconds": {p: m["slo_miss_seconds"] for p, m in per.items()},
             "p95_backlog_age_seconds": {p: m["p95_backlog_age_seconds"] for p, m in per.items()},
             "gpu_utilization_while_queued": {p: m["gpu_utilization_while_queued"] for p, m in per.items()},
+            "gpu_queued_seconds": {p: m["gpu_queued_seconds"] for p, m in per.items()},
+            "gpu_utilization_while_upstream_queued": {
+                p: m["gpu_utilization_while_upstream_queued"] for p, m in per.items()
+            },
             "decisions_to_converge": {p: m["decisions_to_converge"] for p, m in per.items()},
             "decisions_to_converge_down": {p: m["decisions_to_converge_down"] for p, m in per.items()},
             "scale_actions": {p: m["scale_actions"] for p, m in per.items()},

@@ -147,7 +147,9 @@ class SimRun:
     gpu_live: FloatArray
     """(steps,): GPUs on usable nodes."""
     gpu_queued: BoolArray
-    """(steps,): work was queued at a GPU stage or upstream of one (it will need a GPU)."""
+    """(steps,): work was queued at a GPU stage (work a GPU could take now)."""
+    gpu_bound_queued: BoolArray
+    """(steps,): work was queued at a GPU stage or upstream of one (it will need a GPU later)."""
     nodes: NodeLog
     decisions: tuple[DecisionRecord, ...]
     wall_seconds: float
@@ -314,7 +316,8 @@ class Simulation:
         gi = self.gpu_index
         self.is_gpu = [gi is not None and self.need[k][gi] > 0 for k in range(K)]
         self.gpu_stages = tuple(self.chain[k] for k in range(K) if self.is_gpu[k])
-        # GPU-bound work: queued at a GPU stage or upstream of one (it will need a GPU later).
+        # GPU-bound work: queued at a GPU stage or upstream of one (it will need a GPU later); GPU work
+        # queued: at a GPU stage itself.
         last_gpu = max((k for k in range(K) if self.is_gpu[k]), default=-1)
         self.gpu_bound = [k <= last_gpu for k in range(K)]
         self.place_order = [k for k in range(K) if self.is_gpu[k]] + [
@@ -616,6 +619,7 @@ class Simulation:
         gpu_busy_rec = np.zeros(n)
         gpu_live_rec = np.zeros(n)
         gpu_queued = np.zeros(n, dtype=np.bool_)
+        gpu_bound_queued = np.zeros(n, dtype=np.bool_)
         cum_a = np.zeros((K, n + 1))
         cum_d = np.zeros((K, n + 1))
         # Busy slot-seconds per (stage, shape), for snapshots that average busy slots over the window.
@@ -687,6 +691,7 @@ class Simulation:
             inflow = first_in
             miss = False
             gq = False
+            gbq = False
             gpu_busy = 0.0
             for k in range(K):
                 xk = x[k]
@@ -734,7 +739,9 @@ class Simulation:
                 if left > _EPS and left > drain_target * done / dt:
                     miss = True
                 if self.gpu_bound[k] and left > q_threshold:
-                    gq = True
+                    gbq = True
+                    if self.is_gpu[k]:
+                        gq = True
                 inflow_prev[k] = inflow
                 q[k] = left
                 inflow = done * self.sel[k]
@@ -743,6 +750,7 @@ class Simulation:
             if cum_busy is not None:
                 cum_busy[i + 1] = busy_acc
             gpu_queued[i] = gq
+            gpu_bound_queued[i] = gbq
             gpu_busy_rec[i] = gpu_busy
             if gi is not None:
                 gpu_live_rec[i] = sum(n_live[si] * cap[si][gi] for si in range(S))
@@ -798,6 +806,7 @@ class Simulation:
             gpu_busy=gpu_busy_rec,
             gpu_live=gpu_live_rec,
             gpu_queued=gpu_queued,
+            gpu_bound_queued=gpu_bound_queued,
             nodes=tab.log(),
             decisions=tuple(decisions),
             wall_seconds=time.perf_counter() - wall0,

@@ -16,10 +16,21 @@ Definitions (all computed from the per-step record of a run; ``dt`` is the step)
   the end (a lower bound). Processing itself takes no time in the fluid model, so a pipeline that keeps up
   has ages near 0.
 - ``gpu_utilization_while_queued``: GPU-seconds busy / GPU-seconds on usable nodes, over the steps in which
-  GPU-bound work waited — more than ``world.queued_threshold`` units queued at a GPU stage or at a stage
-  upstream of one (that work will need a GPU). Low values mean GPUs were paid for while the work that needs
-  them sat elsewhere (e.g. behind too few decoders). None when no GPU-bound work ever waited, or no GPU
-  was usable then.
+  GPU work waited: more than ``world.queued_threshold`` units queued at a GPU stage (work a GPU could take
+  right now). High values mean that GPU work is not left waiting while GPUs sit idle. None when GPU work
+  never waited, or no GPU was usable then.
+
+  Until issue 4 this also counted steps in which the work was queued only *upstream* of a GPU stage (e.g.
+  at a CPU decode stage). That definition was wrong for what the metric claims to measure: such work
+  cannot run on a GPU yet, so a GPU idle then is not idle "while GPU work is queued" — it is starved by a
+  CPU stage, which SLO-miss seconds and backlog age already measure. On ``steady`` under ``throughput`` it
+  averaged GPUs over 69 s of start-up in which the GPU stage had no queue at all (0 of 7,200 steps had a
+  GPU-stage backlog), and on ``noisy_diurnal`` 1,560 of its 1,583 steps were such upstream-only steps. The
+  old figure is still reported as ``gpu_utilization_while_upstream_queued`` so the starvation stays
+  visible.
+- ``gpu_utilization_while_upstream_queued``: the same ratio over the steps in which more than the threshold
+  was queued at a GPU stage *or upstream of one* (work that will need a GPU later); low values mean GPUs
+  were paid for while the work that needs them sat behind a slower CPU stage. None as above.
 - ``scale_actions``: (decision, shape) pairs whose target differed from the current count (running plus
   pending). ``reversals``: per shape, an action in the opposite direction to that shape's previous action;
   summed over shapes.
@@ -73,6 +84,8 @@ class RunMetrics:
     max_backlog_age_seconds: float
     gpu_utilization_while_queued: float | None
     gpu_queued_seconds: float
+    gpu_utilization_while_upstream_queued: float | None
+    gpu_upstream_queued_seconds: float
     scale_actions: int
     reversals: int
     reversals_by_shape: Mapping[str, int]
@@ -103,6 +116,10 @@ class RunMetrics:
             if self.gpu_utilization_while_queued is None
             else _r(self.gpu_utilization_while_queued, 4),
             "gpu_queued_seconds": _r(self.gpu_queued_seconds),
+            "gpu_utilization_while_upstream_queued": None
+            if self.gpu_utilization_while_upstream_queued is None
+            else _r(self.gpu_utilization_while_upstream_queued, 4),
+            "gpu_upstream_queued_seconds": _r(self.gpu_upstream_queued_seconds),
             "scale_actions": self.scale_actions,
             "reversals": self.reversals,
             "reversals_by_shape": dict(self.reversals_by_shape),
@@ -272,14 +289,20 @@ def _series(run: SimRun) -> Series:
     )
 
 
+def _gpu_utilization(run: SimRun, steps: npt.NDArray[np.bool_]) -> float | None:
+    """GPU-seconds busy / GPU-seconds usable over ``steps``; None when no GPU was usable in them."""
+    live = float(run.gpu_live[steps].sum())
+    return float(run.gpu_busy[steps].sum()) / live if live > 0 else None
+
+
 def summarize(run: SimRun) -> RunResult:
     """The metrics (see the module docstring) and plotting series of one run."""
     cost = run.total_cost()
     hours = run.duration / 3600.0
     p95_age, max_age = _backlog_ages(run)
     queued = run.gpu_queued
-    live_gpu_s = float(run.gpu_live[queued].sum()) * run.dt
-    gpu_util = float(run.gpu_busy[queued].sum()) * run.dt / live_gpu_s if live_gpu_s > 0 else None
+    gpu_util = _gpu_utilization(run, queued)
+    upstream_util = _gpu_utilization(run, run.gpu_bound_queued)
     actions, reversals = _actions(run)
     conv = _convergence(run)
     node_seconds = np.maximum(0.0, np.minimum(run.nodes.removed, run.duration) - run.nodes.requested)
@@ -302,6 +325,8 @@ def summarize(run: SimRun) -> RunResult:
         max_backlog_age_seconds=max_age,
         gpu_utilization_while_queued=gpu_util,
         gpu_queued_seconds=float(queued.sum()) * run.dt,
+        gpu_utilization_while_upstream_queued=upstream_util,
+        gpu_upstream_queued_seconds=float(run.gpu_bound_queued.sum()) * run.dt,
         scale_actions=actions,
         reversals=sum(reversals.values()),
         reversals_by_shape=reversals,

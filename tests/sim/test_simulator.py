@@ -370,3 +370,26 @@ def test_invariants_hold_with_and_without_reservation(ratio: float) -> None:
     again = simulate(sc, plan)
     for f in ("arrived", "processed", "queued", "live", "billed", "slo_miss", "gpu_busy"):
         assert np.array_equal(getattr(run, f), getattr(again, f)), f
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def test_gpu_work_queued_means_a_backlog_at_the_gpu_stage_itself() -> None:
+    # decode is the bottleneck (12 CPUs × 5/s against 200/s in), infer (200/s on its one GPU) keeps up:
+    # work waits only upstream of the GPU, which is not GPU work waiting.
+    starved = summarize(
+        simulate(
+            scenario(duration=300, trace={"kind": "steady", "rate": 200.0}, **{"world.stages.1.rate": 200.0}),
+            HOLD,
+        )
+    ).metrics
+    assert starved.gpu_queued_seconds == 0.0
+    assert starved.gpu_utilization_while_queued is None
+    assert starved.gpu_upstream_queued_seconds > 250
+    assert starved.gpu_utilization_while_upstream_queued is not None
+    assert starved.gpu_utilization_while_upstream_queued < 0.5
+    # infer (20/s on one GPU) is the bottleneck: its own queue grows and its GPU is busy throughout.
+    busy = summarize(simulate(scenario(duration=300, trace={"kind": "steady", "rate": 40.0}), HOLD)).metrics
+    assert busy.gpu_queued_seconds > 250
+    assert busy.gpu_utilization_while_queued is not None and busy.gpu_utilization_while_queued > 0.95
