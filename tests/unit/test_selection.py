@@ -674,6 +674,28 @@ def test_covering_plan_is_the_selection() -> None:
     assert sel is not None and sel == select_shapes(p) and sel.status == "optimal"
 
 
+def test_covers_says_yes_without_the_integer_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Plenty of nodes: the rounded relaxation already meets every target, so the answer needs no exact plan.
+    p = problem(
+        [
+            NodeShape("c16", {"CPU": 16}, 0.7, max_count=40),
+            NodeShape("g1", {"CPU": 8, "GPU": 1}, 1.2, max_count=20),
+        ],
+        [
+            StageRequirement("decode", 100.0, {"CPU": 1}, {"c16": 2.0, "g1": 1.8}),
+            StageRequirement("infer", 100.0, {"CPU": 1, "GPU": 1}, {"g1": 25.0}),
+        ],
+        upper={"c16": 30, "g1": 10},
+    )
+    assert select_shapes(p).status == "optimal"
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("covers() should not solve the integer program for a yes")
+
+    monkeypatch.setattr(selection_module, "_solve_exact", fail)
+    assert covers(p)
+
+
 def test_infeasible_bounds_never_cover() -> None:
     p = problem([NodeShape("a", {"CPU": 4}, 1.0, min_count=3, max_count=5)], [], max_nodes=2)
     assert select_shapes(p).status == "infeasible_bounds"
