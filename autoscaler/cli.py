@@ -130,6 +130,7 @@ def run(
     from autoscaler.queries import PrometheusConfigError
     from autoscaler.ray_actuator import ActuatorError, RayActuator
     from autoscaler.ray_state import ClusterState, ClusterStateError, read_cluster_state
+    from autoscaler.ray_warm_pool import RayWarmPool
     from autoscaler.state_store import StateStore, StateStoreError
     from autoscaler.telemetry import Telemetry
 
@@ -177,6 +178,10 @@ def run(
             raise _fail(EXIT_CONFIG, f"{config}: ray: {e}") from None
         actuator = ray_actuator
 
+    warm_pool: RayWarmPool | None = None
+    if cfg.warm_pool.enabled and not dry_run:
+        warm_pool = RayWarmPool(ray_actuator.ray_driver, {s.name: s.resources for s in cfg.node_shapes()})
+
     scratch = tempfile.TemporaryDirectory(prefix="raytide-dry-run-") if dry_run else None
     state_path = Path(scratch.name) / "state.db" if scratch is not None else cfg.daemon.resolved_state_path()
     try:
@@ -220,12 +225,14 @@ def run(
             )
             await events.start()
         endpoint: HttpEndpoint | None = None
+        nudge_to: list[Daemon] = []
         if cfg.daemon.http_port is not None:
             endpoint = HttpEndpoint(
                 registry=telemetry.registry,
                 health=telemetry,
                 host=cfg.daemon.http_host,
                 port=cfg.daemon.http_port,
+                on_nudge=lambda: nudge_to[0].nudge() if nudge_to else None,
             )
             await endpoint.start()
             err.print(f"raytide: metrics and health on {endpoint.url}", highlight=False)
@@ -239,7 +246,9 @@ def run(
             telemetry=telemetry,
             events=events,
             interval_seconds=interval,
+            warm_pool=warm_pool,
         )
+        nudge_to.append(daemon)
         try:
             await daemon.start()
             await daemon.run(max_ticks=1 if once else None)

@@ -227,6 +227,39 @@ class MqttConfig(_Strict):
     password_file: Path | None = None
 
 
+class WarmPoolConfig(_Strict):
+    """Standby nodes held by placeholder placement groups, claimed in well under a second (issue 5)."""
+
+    enabled: bool = False
+    budget_per_hour: float = Field(default=math.inf, ge=0)
+    """What standby nodes may cost together; ``bounds.budget_per_hour`` still caps plan + pool."""
+    percentile: float = Field(default=0.95, ge=0, le=1)
+    """The pool covers this quantile of the plan's rises within one cold-launch lead time."""
+    launch_percentile: float = Field(default=0.9, ge=0, le=1)
+    """The lead time is this quantile of the observed launch times (``launch_seconds`` before any)."""
+    history_seconds: float = Field(default=3600.0, gt=0)
+    """How far back the plan's rises are looked at; a quiet stretch this long empties the pool to ``min``."""
+    min: dict[str, int] = Field(default_factory=dict)
+    """Shape → standby nodes kept whatever the history says (still within the caps)."""
+    max: dict[str, int] = Field(default_factory=dict)
+    """Shape → at most this many standby nodes."""
+    claim_waiting: bool = True
+    """Claim standby nodes for work waiting in Ray (GCS pending demand) between ticks, not only for plans."""
+    claim_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    """How often the GCS is read for waiting work while standby nodes are ready (a nudge reads it at once)."""
+    refill_delay_seconds: float = Field(default=3.0, ge=0)
+    """A shape's pool is refilled this long after its last claim, so a refill cannot take the claimed node
+    back before the waiting work lands on it."""
+
+    @field_validator("min", "max")
+    @classmethod
+    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, n in v.items():
+            if n < 0:
+                raise ValueError(f"{name!r}: must be >= 0, got {n}")
+        return v
+
+
 class Config(_Strict):
     shapes: list[ShapeConfig] = Field(min_length=1)
     stages: list[StageConfig] = Field(default_factory=list)
@@ -237,6 +270,7 @@ class Config(_Strict):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig)
     default_stage_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     """What one slot of a stage that has no profile needs."""
     ignore_operators: str = r"^(Input|InputDataBuffer)(_\d+)?$"
@@ -260,6 +294,15 @@ class Config(_Strict):
             if not any(_fits(st.resources, sh.resources) for sh in self.shapes):
                 raise ValueError(
                     f"stage {st.name!r}: one slot needs {st.resources}, which fits on no node shape"
+                )
+        for what, table in (("min", self.warm_pool.min), ("max", self.warm_pool.max)):
+            bad = sorted(set(table) - known)
+            if bad:
+                raise ValueError(f"warm_pool.{what} names unknown shapes: {', '.join(bad)}")
+        for name, lo in self.warm_pool.min.items():
+            if lo > self.warm_pool.max.get(name, lo):
+                raise ValueError(
+                    f"warm_pool: min for {name!r} ({lo}) is over its max ({self.warm_pool.max[name]})"
                 )
         min_nodes = sum(s.min for s in self.shapes)
         if min_nodes > self.bounds.max_nodes:

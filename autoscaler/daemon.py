@@ -59,11 +59,22 @@ from autoscaler.observe import OBSERVE_TEMPLATES, build_snapshot
 from autoscaler.policy import Policy, PolicyContext, PolicyDecision
 from autoscaler.queries import QueryResult, make_sample
 from autoscaler.ray_actuator import DrainResult
-from autoscaler.ray_state import ClusterState, RayNode
+from autoscaler.ray_state import ClusterState, DemandBundle, RayNode, node_type_resource
+from autoscaler.ray_warm_pool import Placeholder
 from autoscaler.state_store import Action, ActionKind, StateStore
 from autoscaler.telemetry import Telemetry
 from autoscaler.throughput import ThroughputModels
-from autoscaler.types import Node, Plan, Snapshot, frozen_map
+from autoscaler.types import Node, Plan, Resources, Snapshot, frozen_map
+from autoscaler.warm_pool import (
+    PoolMemory,
+    PoolPlan,
+    PoolTargets,
+    Standby,
+    active_counts,
+    claims_for_waiting,
+    plan_pool,
+    pool_targets,
+)
 
 __all__ = [
     "Actuator",
@@ -73,12 +84,16 @@ __all__ = [
     "EventSink",
     "MetricsSource",
     "TickOutcome",
+    "WarmPool",
     "choose_drains",
 ]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_MIN_NUDGE_GAP_S = 0.5
+_CREATE_GRACE_S = 30.0
+"""A placeholder created this recently may be missing from a listing without being gone."""
 _DAEMON_KEY = "daemon"
 """Key of the daemon's own part of the stored decision state (``DecisionState.from_json`` ignores it)."""
 
@@ -106,6 +121,16 @@ class Actuator(Protocol):
     def set_target(self, counts: Mapping[str, int]) -> object: ...
 
     def drain(self, node_id: str) -> DrainResult: ...
+
+
+class WarmPool(Protocol):
+    """``RayWarmPool`` is one. Blocking; raises when the cluster cannot be asked."""
+
+    def list(self) -> Sequence[Placeholder]: ...
+
+    def create(self, name: str, shape: str) -> bool: ...
+
+    def remove(self, name: str, pg_id: str | None = None) -> bool: ...
 
 
 class EventSink(Protocol):
@@ -168,13 +193,33 @@ def _counts_result(counts: Mapping[str, int], now: float) -> QueryResult:
     )
 
 
-def _join_cluster(snapshot: Snapshot, cluster: ClusterState) -> Snapshot:
-    """Nodes from the GCS (ids, types, idle times) with utilization from the metrics, matched by IP."""
+def _ours(d: DemandBundle) -> bool:
+    """Demand of raytide's own placeholders (their bundle holds a node-type marker) is not work."""
+    return d.source == "placement_group" and any(k.startswith(node_type_resource("")) for k in d.resources)
+
+
+def _waiting(cluster: ClusterState) -> list[Resources]:
+    """Bundles of work waiting in Ray for resources (tasks, actors, others' placement groups)."""
+    return [
+        d.resources
+        for d in cluster.demand
+        if d.source in ("task_actor", "placement_group") and not _ours(d)
+        for _ in range(max(0, d.count))
+    ]
+
+
+def _join_cluster(
+    snapshot: Snapshot, cluster: ClusterState, hidden: frozenset[str] = frozenset()
+) -> Snapshot:
+    """Nodes from the GCS (ids, types, idle times) with utilization from the metrics, matched by IP.
+    ``hidden`` nodes (standby and retiring ones) are left out: they are not the plan's capacity."""
     by_ip: dict[str, Node] = {}
     for n in snapshot.nodes:
         by_ip[n.node_id.rsplit("/", 1)[-1].rsplit(":", 1)[0]] = n
     nodes = []
     for rn in cluster.workers:
+        if rn.node_id in hidden:
+            continue
         metric = by_ip.get(rn.ip)
         node = Node(node_id=rn.node_id, shape=rn.node_type, idle_seconds=rn.idle_seconds)
         if metric is not None:
@@ -183,7 +228,10 @@ def _join_cluster(snapshot: Snapshot, cluster: ClusterState) -> Snapshot:
             )
         nodes.append(node)
     demand = tuple(
-        frozen_map(d.resources) for d in cluster.demand if d.source != "floor" for _ in range(max(0, d.count))
+        frozen_map(d.resources)
+        for d in cluster.demand
+        if d.source != "floor" and not _ours(d)
+        for _ in range(max(0, d.count))
     )
     return replace(snapshot, nodes=tuple(nodes), pending_demand=demand)
 
@@ -206,6 +254,10 @@ class TickOutcome:
     errors: tuple[str, ...] = ()
     """Everything that went wrong: observation errors and actuation failures."""
     duration_s: float = 0.0
+    pool: PoolPlan | None = None
+    """What the tick planned for the warm pool (None when it has none or held)."""
+    claimed: tuple[str, ...] = ()
+    """Placeholders removed to hand their node to the plan."""
 
     @property
     def degraded(self) -> bool:
@@ -227,6 +279,16 @@ class _Memory:
     plan: Plan | None = None
     floor: dict[str, int] | None = None
     sent: dict[str, _SentDrain] = field(default_factory=dict)
+    pool: PoolMemory = field(default_factory=PoolMemory)
+    created_at: dict[str, float] = field(default_factory=dict)
+    """Placeholder name → when this process created it (a fresh one may not be listed yet)."""
+    retiring: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Node id → (shape, since): standby nodes whose placeholder was retired, to be drained once idle."""
+    pool_pending: list[Action] = field(default_factory=list)
+    """warm/unwarm actions left unfinished by the previous process, settled at the first pool listing."""
+    pool_synced: bool = False
+    recent_claims: list[tuple[Standby, float]] = field(default_factory=list)
+    """Claims of the last ``refill_delay_seconds``; waiting work is fitted into these first."""
 
 
 class _TimedPolicy:
@@ -236,11 +298,17 @@ class _TimedPolicy:
         self.inner = inner
         self.name = inner.name
         self.last_seconds = 0.0
+        self.last_warm_pool: Mapping[str, int] | None = None
+        """The policy's warm-pool override of its last call (None when it gave none or failed)."""
 
     def decide(self, ctx: PolicyContext) -> PolicyDecision:
         t0 = time.perf_counter()
+        self.last_warm_pool = None
         try:
-            return self.inner.decide(ctx)
+            result = self.inner.decide(ctx)
+            if isinstance(result, PolicyDecision):
+                self.last_warm_pool = result.warm_pool
+            return result
         finally:
             self.last_seconds = time.perf_counter() - t0
 
@@ -265,6 +333,7 @@ class Daemon:
         events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         interval_seconds: float | None = None,
+        warm_pool: WarmPool | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -284,6 +353,11 @@ class Daemon:
         self._mem = _Memory()
         self._started = False
         self._stop = asyncio.Event()
+        self._pool = warm_pool if config.warm_pool.enabled else None
+        self._pool_lock = asyncio.Lock()
+        self._tick_now = asyncio.Event()
+        self._claim_now = asyncio.Event()
+        self._nudged_at: float | None = None
         self.last: TickOutcome | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -296,9 +370,22 @@ class Daemon:
     def floor(self) -> dict[str, int] | None:
         return None if self._mem.floor is None else dict(self._mem.floor)
 
+    @property
+    def pool(self) -> tuple[Standby, ...]:
+        """The warm pool's placeholders (ready and waiting), by name."""
+        return tuple(sorted(self._mem.pool.members.values(), key=lambda m: m.name))
+
     def request_stop(self) -> None:
         """Finish the current tick (if any) and return from :meth:`run`."""
         self._stop.set()
+
+    def nudge(self) -> None:
+        """A push from the data path (``POST /nudge``): check for waiting work and tick now, not at the next
+        interval. Call on the daemon's event loop."""
+        if self._nudged_at is None:
+            self._nudged_at = time.monotonic()
+        self._tick_now.set()
+        self._claim_now.set()
 
     async def start(self) -> list[str]:
         """Load the stored state and reconcile unfinished actions; returns what reconciliation did."""
@@ -312,7 +399,11 @@ class Daemon:
             floor = own.get("floor") if isinstance(own, Mapping) else None
             if isinstance(floor, Mapping):
                 self._mem.floor = {str(k): int(v) for k, v in floor.items()}
+            if isinstance(own, Mapping):
+                self._mem.pool = PoolMemory.from_json(own.get("warm_pool"))
         notes = await self._reconcile()
+        if self._pool is not None:
+            notes.extend(await self._first_pool_sync())
         self._started = True
         for note in notes:
             log.info("reconcile: %s", note)
@@ -334,23 +425,44 @@ class Daemon:
         gc.collect()
         gc.freeze()
         done = 0
+        claimer: asyncio.Task[None] | None = None
+        if self._pool is not None and self.config.warm_pool.claim_waiting:
+            claimer = asyncio.create_task(self._claim_loop(), name="raytide-warm-pool-claims")
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
+                self._tick_now.clear()
                 await self.tick()
                 done += 1
                 if max_ticks is not None and done >= max_ticks:
                     break
-                wait = max(0.0, self.interval_seconds - (time.monotonic() - started))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=wait)
+                await self._sleep_until_tick(started)
         finally:
+            if claimer is not None:
+                claimer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claimer
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self.telemetry.set_health("stopping", ["the daemon is stopping"])
             if self._events is not None:
                 self._events.publish_health("stopping", ["the daemon is stopping"])
             gc.unfreeze()
+
+    async def _sleep_until_tick(self, started: float) -> None:
+        """Sleep until the next interval, or until stopped or nudged — but a nudged tick starts no sooner
+        than ``_MIN_NUDGE_GAP_S`` after the previous one (the GCS needs a moment to show what changed)."""
+        wait = max(0.0, self.interval_seconds - (time.monotonic() - started))
+        stop = asyncio.ensure_future(self._stop.wait())
+        early = asyncio.ensure_future(self._tick_now.wait())
+        try:
+            await asyncio.wait({stop, early}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (stop, early):
+                f.cancel()
+        gap = min(self.interval_seconds, _MIN_NUDGE_GAP_S) - (time.monotonic() - started)
+        if gap > 0 and not self._stop.is_set():
+            await asyncio.sleep(gap)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("%s: finishing the current tick, then exiting (the floor stays in place)", sig.name)
@@ -375,16 +487,21 @@ class Daemon:
         hold = plan.held or cluster is None or bool(snapshot.errors)
         floor: dict[str, int] | None
         drains: list[RayNode] = []
+        pool_plan: PoolPlan | None = None
         if hold:
             floor = None if mem.floor is None else dict(mem.floor)
             if not plan.held:
                 plan = _held(plan, "the view of the cluster is incomplete: holding it as it is")
         else:
-            floor = plan.targets()
             assert cluster is not None
+            floor = plan.targets()
+            if self._pool is not None:
+                pool_plan = self._plan_pool(now, plan, snapshot)
+                floor = dict(pool_plan.floor)
             drains = choose_drains(
                 plan, cluster, share=self.config.daemon.drain_share_per_tick, exclude=self._draining()
             )
+            drains.extend(self._retired_to_drain(cluster, now, exclude={n.node_id for n in drains}))
         actions: list[Action] = []
         floor_key = f"floor:{tick}"
         if floor is not None:
@@ -395,10 +512,16 @@ class Daemon:
                     f"drain:{node.node_id}", "drain", shape=node.node_type, node_id=node.node_id, now=now
                 )
             )
+        pool_before = dict(mem.pool.members), mem.pool.next_serial
+        if pool_plan is not None:
+            actions.extend(self._pool_actions(pool_plan, now))
 
         # Write-ahead: the tick and the actions it is about to take, in one transaction.
         decision_state = decision.state.to_json()
-        decision_state[_DAEMON_KEY] = {"floor": floor if floor is not None else mem.floor}
+        decision_state[_DAEMON_KEY] = {
+            "floor": floor if floor is not None else mem.floor,
+            "warm_pool": mem.pool.to_json(),
+        }
         try:
             await asyncio.to_thread(
                 self._store.commit_tick,
@@ -414,6 +537,7 @@ class Daemon:
         except Exception as e:
             # Without a durable record nothing is done to the cluster: a crash now must not leave an
             # action nobody knows about.
+            mem.pool.members, mem.pool.next_serial = pool_before
             errors.append(f"state store: {e}; not acting this tick")
             self.telemetry.record_actuation_error("state_store")
             return self._publish(tick, snapshot, plan, None, (), (), errors, t0, policy_s, commit=False)
@@ -421,11 +545,26 @@ class Daemon:
         mem.state = decision.state
         mem.plan = plan
 
+        claimed: list[str] = []
+        if pool_plan is not None:
+            # Claims first: a standby node is capacity now, everything else takes longer.
+            async with self._pool_lock:
+                for m in pool_plan.claims:
+                    if await self._remove_placeholder(m, "claim", errors):
+                        claimed.append(m.name)
+                        mem.pool.last_claim[m.shape] = now
+                        mem.recent_claims.append((m, time.monotonic()))
+                        self.telemetry.pool_claimed(m.shape, "plan", time.monotonic() - t0)
+            for shape, n in pool_plan.cold.items():
+                self.telemetry.pool_missed(shape, n)
         floor_ok = False
         if floor is not None:
             floor_ok = await self._set_floor(floor_key, floor, errors)
             if floor_ok:
                 mem.floor = dict(floor)
+        if pool_plan is not None:
+            async with self._pool_lock:
+                await self._pool_changes(pool_plan, now, errors)
         drained: list[str] = []
         refused: list[str] = []
         for node in drains:
@@ -435,6 +574,9 @@ class Daemon:
                 continue
             accepted = await self._drain(key, node.node_id, errors)
             (drained if accepted else refused).append(node.node_id)
+            if accepted:
+                mem.retiring.pop(node.node_id, None)
+        self._record_pool(pool_plan)
         return self._publish(
             tick,
             snapshot,
@@ -446,7 +588,276 @@ class Daemon:
             t0,
             policy_s,
             commit=True,
+            pool=pool_plan,
+            claimed=claimed,
         )
+
+    # ------------------------------------------------------------------------------------ warm pool
+
+    def _plan_pool(self, now: float, plan: Plan, snapshot: Snapshot) -> PoolPlan:
+        wp = self.config.warm_pool
+        pool = self._mem.pool
+        targets = plan.targets()
+        pool.remember_plan(now, targets, wp.history_seconds)
+        sized: PoolTargets = pool_targets(
+            self.config, pool, targets, override=self._timed_policy.last_warm_pool
+        )
+        current = {
+            s.name: snapshot.count(s.name) + int(snapshot.pending_counts.get(s.name, 0))
+            for s in snapshot.shapes
+        }
+        return plan_pool(
+            now=now,
+            config=self.config,
+            memory=pool,
+            plan_targets=targets,
+            plan_current=current,
+            targets=sized,
+        )
+
+    def _pool_actions(self, pool_plan: PoolPlan, now: float) -> list[Action]:
+        """Write-ahead records of the pool changes, and the membership they lead to."""
+        mem = self._mem
+        actions: list[Action] = []
+        for m in (*pool_plan.claims, *pool_plan.retire):
+            why = "claim" if m in pool_plan.claims else "retire"
+            actions.append(
+                self._intended(
+                    f"unwarm:{m.name}",
+                    "unwarm",
+                    shape=m.shape,
+                    node_id=m.node_id,
+                    payload={"name": m.name, "pg_id": m.pg_id, "reason": why},
+                    now=now,
+                )
+            )
+            mem.pool.members.pop(m.name, None)
+        for m in pool_plan.create:
+            actions.append(
+                self._intended(f"warm:{m.name}", "warm", shape=m.shape, payload={"name": m.name}, now=now)
+            )
+            mem.pool.members[m.name] = m
+            mem.pool.next_serial = max(mem.pool.next_serial, m.serial + 1)
+        return actions
+
+    async def _pool_changes(self, pool_plan: PoolPlan, now: float, errors: list[str]) -> None:
+        assert self._pool is not None
+        pool = self._pool
+        for m in pool_plan.create:
+            key = f"warm:{m.name}"
+            try:
+                await self._act(lambda m=m: pool.create(m.name, m.shape))  # type: ignore[misc]
+            except Exception as e:
+                msg = f"creating placeholder {m.name} failed: {_describe(e)}"
+                errors.append(msg)
+                self.telemetry.record_actuation_error("warm")
+                self._mem.pool.members.pop(m.name, None)
+                await self._finish(key, "failed", msg)
+                continue
+            self._mem.created_at[m.name] = time.monotonic()
+            await self._finish(key, "confirmed", "")
+        for m in pool_plan.retire:
+            if await self._remove_placeholder(m, "retire", errors) and m.node_id is not None:
+                self._mem.retiring[m.node_id] = (m.shape, now)
+
+    async def _remove_placeholder(self, m: Standby, why: str, errors: list[str]) -> bool:
+        """Remove one placeholder whose ``unwarm`` action is already recorded as intended."""
+        assert self._pool is not None
+        pool = self._pool
+        key = f"unwarm:{m.name}"
+        try:
+            await self._act(lambda: pool.remove(m.name, m.pg_id))
+        except Exception as e:
+            msg = f"removing placeholder {m.name} ({why}) failed: {_describe(e)}"
+            errors.append(msg)
+            self.telemetry.record_actuation_error("unwarm")
+            await self._finish(key, "failed", msg)
+            # Still ours and still holding its node: keep it in the pool, the next tick tries again.
+            self._mem.pool.members.setdefault(m.name, m)
+            return False
+        self._mem.created_at.pop(m.name, None)
+        await self._finish(key, "confirmed", why)
+        return True
+
+    def _retired_to_drain(self, cluster: ClusterState, now: float, exclude: set[str]) -> list[RayNode]:
+        """Nodes of retired placeholders, drained once the GCS reports them idle; given up on (left to the
+        plan) when gone or not idle within ``drain_confirm_seconds``."""
+        out: list[RayNode] = []
+        alive = {n.node_id: n for n in cluster.workers}
+        for node_id, (_, since) in list(self._mem.retiring.items()):
+            node = alive.get(node_id)
+            if node is None or now - since > self.config.daemon.drain_confirm_seconds:
+                del self._mem.retiring[node_id]
+            elif node.status == "IDLE" and node_id not in exclude and node_id not in self._draining():
+                out.append(node)
+        return out
+
+    def _sync_pool(self, listing: Sequence[Placeholder]) -> list[Placeholder]:
+        """Bring the pool's membership in line with the placeholders Ray has; returns the orphans (raytide
+        placeholders that are not ours, e.g. left by a lost state file) to remove."""
+        mem = self._mem
+        listed = {p.name: p for p in listing}
+        pending = {a.payload.get("name"): a for a in mem.pool_pending}
+        orphans: list[Placeholder] = []
+        for p in listing:
+            if p.name in pending and pending[p.name].kind == "unwarm":
+                # A claim or retirement the previous process began: finish it, never hand it out again.
+                mem.pool.members.pop(p.name, None)
+                orphans.append(p)
+            elif p.name in mem.pool.members or (p.name in pending and pending[p.name].kind == "warm"):
+                mem.pool.members[p.name] = p.as_standby()
+            else:
+                orphans.append(p)
+        fresh = time.monotonic() - _CREATE_GRACE_S
+        for name in list(mem.pool.members):
+            if name not in listed and mem.created_at.get(name, -math.inf) < fresh:
+                del mem.pool.members[name]
+                mem.created_at.pop(name, None)
+        return orphans
+
+    async def _settle_pool(self, listing: Sequence[Placeholder], now: float) -> list[str]:
+        """Sync with the listing, finish the previous process's pool actions and remove orphans."""
+        notes: list[str] = []
+        mem = self._mem
+        orphans = self._sync_pool(listing)
+        listed = {p.name for p in listing}
+        for a in mem.pool_pending:
+            name = a.payload.get("name")
+            if a.kind == "warm":
+                done = name in listed
+                await self._finish(
+                    a.key, "confirmed" if done else "abandoned", "adopted" if done else "never created"
+                )
+                notes.append(f"{a.key}: {'adopted' if done else 'never created, abandoned'}")
+            elif name not in listed:
+                await self._finish(a.key, "confirmed", "the placeholder is gone")
+                notes.append(f"{a.key}: already removed")
+        unwarm_pending = {a.payload.get("name") for a in mem.pool_pending if a.kind == "unwarm"}
+        mem.pool_pending = []
+        for p in orphans:
+            why = "removal interrupted by a restart" if p.name in unwarm_pending else "orphan"
+            key = f"unwarm:{p.name}"
+            await asyncio.to_thread(
+                self._store.begin_action,
+                key,
+                kind="unwarm",
+                shape=p.shape,
+                node_id=p.node_id,
+                payload={"name": p.name, "pg_id": p.pg_id, "reason": why},
+                time=now,
+            )
+            errors: list[str] = []
+            removed = await self._remove_placeholder(p.as_standby(), why, errors)
+            mem.pool.members.pop(p.name, None)  # an orphan is never ours, even when its removal failed
+            notes.append(f"{p.name}: {why}, " + ("removed" if removed else "; ".join(errors)))
+        mem.pool_synced = True
+        return notes
+
+    async def _first_pool_sync(self) -> list[str]:
+        assert self._pool is not None
+        pool = self._pool
+        try:
+            listing = await asyncio.wait_for(
+                asyncio.to_thread(pool.list), timeout=self.config.daemon.observe_timeout_seconds
+            )
+        except Exception as e:
+            return [f"warm pool: cannot list placeholders yet ({_describe(e)}); the first good tick will"]
+        async with self._pool_lock:
+            return await self._settle_pool(listing, self._clock())
+
+    def _record_pool(self, pool_plan: PoolPlan | None) -> None:
+        if self._pool is None:
+            return
+        ready: dict[str, int] = {}
+        waiting: dict[str, int] = {}
+        for m in self._mem.pool.members.values():
+            (ready if m.ready else waiting)[m.shape] = (ready if m.ready else waiting).get(m.shape, 0) + 1
+        shapes = self.config.node_shapes()
+        prices = {s.name: s.price_per_hour for s in shapes}
+        cost = sum(prices.get(m.shape, 0.0) for m in self._mem.pool.members.values())
+        targets = dict(pool_plan.targets.counts) if pool_plan is not None else {}
+        for s in shapes:
+            ready.setdefault(s.name, 0)
+            waiting.setdefault(s.name, 0)
+            if pool_plan is None:
+                targets[s.name] = ready[s.name] + waiting[s.name]
+        self.telemetry.record_pool(ready, waiting, targets, cost)
+
+    async def _claim_loop(self) -> None:
+        """Between ticks: hand ready standby nodes to work waiting in Ray for resources."""
+        wp = self.config.warm_pool
+        first_seen: float | None = None
+        while not self._stop.is_set():
+            ready = [m for m in self._mem.pool.members.values() if m.ready]
+            wait = wp.claim_poll_seconds if ready else self.interval_seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_now.wait(), timeout=wait)
+            self._claim_now.clear()
+            nudged_at, self._nudged_at = self._nudged_at, None
+            if self._stop.is_set() or not any(m.ready for m in self._mem.pool.members.values()):
+                continue
+            try:
+                cluster = await asyncio.wait_for(
+                    asyncio.to_thread(self._cluster), timeout=self.config.daemon.observe_timeout_seconds
+                )
+            except Exception as e:
+                log.debug("warm pool: cannot read waiting work: %s", e)
+                continue
+            waiting = _waiting(cluster)
+            if not waiting:
+                first_seen = None
+                continue
+            if first_seen is None:
+                first_seen = nudged_at if nudged_at is not None else time.monotonic()
+            async with self._pool_lock:
+                claimed = await self._claim_for_waiting(waiting, first_seen)
+            if claimed:
+                first_seen = None
+                self._tick_now.set()  # let the plan see the new capacity soon
+
+    async def _claim_for_waiting(self, waiting: Sequence[Resources], since: float) -> list[str]:
+        mem = self._mem
+        settle = self.config.warm_pool.refill_delay_seconds
+        cutoff = time.monotonic() - settle
+        mem.recent_claims = [(m, t) for m, t in mem.recent_claims if t >= cutoff]
+        ready = [m for m in mem.pool.members.values() if m.ready]
+        shapes = self.config.node_shapes()
+        claims, _ = claims_for_waiting(waiting, ready, shapes, already=[m for m, _ in mem.recent_claims])
+        if not claims:
+            return []
+        now = self._clock()
+        done: list[str] = []
+        errors: list[str] = []
+        for m in claims:
+            if m.name not in mem.pool.members:
+                continue  # a tick claimed it meanwhile
+            key = f"unwarm:{m.name}"
+            await asyncio.to_thread(
+                self._store.begin_action,
+                key,
+                kind="unwarm",
+                shape=m.shape,
+                node_id=m.node_id,
+                payload={"name": m.name, "pg_id": m.pg_id, "reason": "claim (waiting work)"},
+                time=now,
+            )
+            mem.pool.members.pop(m.name, None)
+            if await self._remove_placeholder(m, "claim", errors):
+                done.append(m.name)
+                mem.pool.last_claim[m.shape] = now
+                mem.recent_claims.append((m, time.monotonic()))
+                latency = time.monotonic() - since
+                self.telemetry.pool_claimed(m.shape, "waiting", latency)
+                log.info(
+                    "warm pool: claimed %s (%s) for waiting work, %.2f s after it was seen",
+                    m.name,
+                    m.shape,
+                    latency,
+                    extra={"claimed": m.name, "shape": m.shape, "claim_latency_s": round(latency, 3)},
+                )
+        for e in errors:
+            log.warning("warm pool: %s", e)
+        return done
 
     # ------------------------------------------------------------------------------------ observe
 
@@ -458,8 +869,16 @@ class Daemon:
         cluster_task = asyncio.ensure_future(
             _within(asyncio.to_thread(self._cluster), timeout, "Ray GCS (cluster state)")
         )
+        pool_task = (
+            asyncio.ensure_future(
+                _within(asyncio.to_thread(self._pool.list), timeout, "warm pool (placement groups)")
+            )
+            if self._pool is not None
+            else None
+        )
         results_or_error = await metrics_task
         cluster_or_error = await cluster_task
+        listing_or_error = await pool_task if pool_task is not None else None
         extra: list[str] = []
         results: dict[str, QueryResult]
         if isinstance(results_or_error, str):
@@ -474,7 +893,16 @@ class Daemon:
                 k: v if isinstance(v, QueryResult) else QueryResult.failed("", f"garbage answer {v!r:.80}")
                 for k, v in results_or_error.items()
             }
+        listing_ok = True
+        if isinstance(listing_or_error, str):
+            extra.append(listing_or_error)
+            listing_ok = False
+        elif listing_or_error is not None:
+            async with self._pool_lock:
+                for note in await self._settle_pool(listing_or_error, now):
+                    log.info("warm pool: %s", note)
         cluster: ClusterState | None = None
+        hidden: frozenset[str] = frozenset()
         if isinstance(cluster_or_error, str):
             extra.append(cluster_or_error)
         elif not isinstance(cluster_or_error, ClusterState):
@@ -483,8 +911,21 @@ class Daemon:
             cluster = cluster_or_error
             # The GCS is authoritative for counts: the autoscaler metrics lag and may be missing.
             names = [s.name for s in self.config.shapes]
-            results["nodes_active"] = _counts_result(_for_shapes(names, cluster.node_counts()), now)
-            results["nodes_pending"] = _counts_result(_for_shapes(names, cluster.pending_counts()), now)
+            live, pending = cluster.node_counts(), cluster.pending_counts()
+            if self._pool is not None and listing_ok:
+                self._mem.pool.launches.observe(
+                    now,
+                    pending,
+                    {n: [w.node_id for w in cluster.workers if w.node_type == n] for n in names},
+                )
+                members = list(self._mem.pool.members.values())
+                retiring: dict[str, int] = {}
+                for shape, _ in self._mem.retiring.values():
+                    retiring[shape] = retiring.get(shape, 0) + 1
+                live, pending = active_counts(live, pending, members, retiring)
+                hidden = frozenset({m.node_id for m in members if m.node_id} | set(self._mem.retiring))
+            results["nodes_active"] = _counts_result(_for_shapes(names, live), now)
+            results["nodes_pending"] = _counts_result(_for_shapes(names, pending), now)
         try:
             snapshot = build_snapshot(self.config, now, results)
         except Exception as e:  # a bug or garbage observe could not turn into unknowns: hold, don't crash
@@ -496,7 +937,7 @@ class Daemon:
             )
             extra.append(f"observe failed: {type(e).__name__}: {e}")
         if cluster is not None:
-            snapshot = _join_cluster(snapshot, cluster)
+            snapshot = _join_cluster(snapshot, cluster, hidden)
             await self._check_sent_drains(cluster, now)
         if extra:
             snapshot = replace(snapshot, errors=(*extra, *snapshot.errors))
@@ -599,6 +1040,8 @@ class Daemon:
         policy_s: float,
         *,
         commit: bool,
+        pool: PoolPlan | None = None,
+        claimed: Sequence[str] = (),
     ) -> TickOutcome:
         duration = time.monotonic() - t0
         outcome = TickOutcome(
@@ -610,6 +1053,8 @@ class Daemon:
             refused=tuple(refused),
             errors=tuple(errors),
             duration_s=duration,
+            pool=pool,
+            claimed=tuple(claimed),
         )
         self.last = outcome
         self.telemetry.record_tick(duration, plan, snapshot, policy_s)
@@ -642,6 +1087,16 @@ class Daemon:
                 "change_reasons": {c.shape: c.reason for c in plan.changes},
                 "errors": list(errors),
                 "duration_s": round(duration, 4),
+                **(
+                    {
+                        "warm_pool": dict(pool.targets.counts),
+                        "warm_pool_reasons": dict(pool.targets.reasons),
+                        "claimed": list(claimed),
+                        "cold": dict(pool.cold),
+                    }
+                    if pool is not None
+                    else {}
+                ),
             },
         )
         return outcome
@@ -653,7 +1108,8 @@ class Daemon:
         notes: list[str] = []
         floors = [a for a in pending if a.kind == "floor"]
         drains = [a for a in pending if a.kind == "drain"]
-        others = [a for a in pending if a.kind not in ("floor", "drain")]
+        self._mem.pool_pending = [a for a in pending if a.kind in ("warm", "unwarm")]
+        others = [a for a in pending if a.kind not in ("floor", "drain", "warm", "unwarm")]
         for a in others:
             await self._finish(a.key, "abandoned", f"{a.kind} is not something this daemon does")
             notes.append(f"{a.key}: abandoned ({a.kind} unsupported)")

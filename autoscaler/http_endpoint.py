@@ -9,6 +9,8 @@ connection closes after the answer, so an unread body cannot be mistaken for a n
   asks for it).
 - ``GET /healthz`` — 200 while the loop is alive (it ticked within the allowed number of intervals), else 503.
 - ``GET /readyz`` — 200 when alive, healthy and every input is known; else 503 with a JSON body listing why.
+- ``POST /nudge`` — when the daemon takes nudges: run the next tick (and the warm pool's claim check) now
+  instead of at the next interval; 202. This is the push for a data path that sees a backlog jump first.
 - ``HEAD`` works wherever ``GET`` does; other methods on those paths get 405, other paths 404.
 
 Slow or hostile clients cannot hold it up: the request head must arrive within ``read_timeout`` seconds and
@@ -29,7 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from types import TracebackType
 from typing import Protocol, Self
@@ -83,6 +85,7 @@ class HttpEndpoint:
         write_timeout: float = 10.0,
         max_header_bytes: int = 8192,
         max_connections: int = 64,
+        on_nudge: Callable[[], None] | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
@@ -94,6 +97,7 @@ class HttpEndpoint:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self._registry = registry
         self._health = health
+        self._on_nudge = on_nudge
         self._host = host
         self._requested_port = port
         self._read_timeout = read_timeout
@@ -224,6 +228,11 @@ class HttpEndpoint:
     def _route(
         self, method: str, path: str, headers: Mapping[str, str]
     ) -> tuple[HTTPStatus, bytes, str, dict[str, str]]:
+        if path == "/nudge" and self._on_nudge is not None:
+            if method != "POST":
+                return HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", _TEXT, {"Allow": "POST"}
+            self._on_nudge()
+            return HTTPStatus.ACCEPTED, b'{"status": "nudged"}\n', _JSON, {}
         if path not in ("/metrics", "/healthz", "/readyz"):
             return HTTPStatus.NOT_FOUND, b"not found\n", _TEXT, {}
         if method not in ("GET", "HEAD"):

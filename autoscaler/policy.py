@@ -49,10 +49,17 @@ class PolicyDecision:
     target_counts: Mapping[str, int] | None = None
     reasons: tuple[str, ...] = ()
     state: Mapping[str, Any] = field(default_factory=_empty_state)
+    warm_pool: Mapping[str, int] | None = None
+    """Optional standby nodes per shape, overriding the warm pool's own sizing for the shapes named (the
+    warm pool must be enabled; its caps — shape max, ``warm_pool.max``, node and money budgets — apply)."""
 
     def __post_init__(self) -> None:
         if (self.demands is None) == (self.target_counts is None):
             raise ValueError("a PolicyDecision carries exactly one of demands or target_counts")
+        if self.warm_pool is not None:
+            for shape, n in self.warm_pool.items():
+                if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                    raise ValueError(f"warm_pool[{shape!r}] must be an int >= 0, got {n!r}")
 
 
 @runtime_checkable

@@ -310,6 +310,10 @@ class RayActuator:
             return "direct", None
         return ("coordinator", coordinator) if coordinator is not None else ("direct", None)
 
+    def ray_driver(self) -> Any:
+        """The ``ray`` module with this actuator's driver connected (the warm pool shares it). Blocking."""
+        return self._ray()
+
     def _ray(self) -> Any:
         import ray
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Literal, get_args
@@ -256,6 +256,37 @@ class Telemetry:
         self.build_info.labels(
             version=version or _raytide_version(), python_version=platform.python_version()
         ).set(1)
+        self.pool_size = Gauge(
+            "raytide_warm_pool_nodes",
+            "Standby nodes in the warm pool: ready (holding a node) or waiting (its node is launching).",
+            ["shape", "state"],
+            registry=r,
+        )
+        self.pool_target = Gauge(
+            "raytide_warm_pool_target_nodes", "Standby nodes the warm pool aims for.", ["shape"], registry=r
+        )
+        self.pool_cost = Gauge(
+            "raytide_warm_pool_cost_per_hour", "What the standby nodes cost together ($/h).", registry=r
+        )
+        self.pool_claims = Counter(
+            "raytide_warm_pool_claims",
+            "Standby nodes handed to the pipeline; trigger=plan (a scale-up) or waiting (work waiting).",
+            ["shape", "trigger"],
+            registry=r,
+        )
+        self.pool_misses = Counter(
+            "raytide_warm_pool_misses",
+            "Nodes a scale-up needed that the warm pool could not give (launched cold).",
+            ["shape"],
+            registry=r,
+        )
+        self.pool_claim_latency = Histogram(
+            "raytide_warm_pool_claim_latency_seconds",
+            "From the moment raytide saw the need (tick start or first sight of waiting work) to the "
+            "placeholder's removal.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+            registry=r,
+        )
         self.events_published = Counter(
             "raytide_mqtt_events_published",
             "MQTT events the broker acknowledged, by topic kind (decisions, health).",
@@ -323,6 +354,30 @@ class Telemetry:
             self.last_complete_snapshot.set(snapshot.time)
         self.inputs_unknown.set(0 if snapshot.inputs_complete else 1)
         self.held.set(1 if plan.held else 0)
+
+    def record_pool(
+        self,
+        ready: Mapping[str, int],
+        waiting: Mapping[str, int],
+        targets: Mapping[str, int],
+        cost_per_hour: float,
+    ) -> None:
+        """The warm pool after a tick: standby nodes per shape (ready, or waiting for a node), its target."""
+        for shape in set(ready) | set(waiting) | set(targets):
+            self.pool_size.labels(shape=shape, state="ready").set(int(ready.get(shape, 0)))
+            self.pool_size.labels(shape=shape, state="waiting").set(int(waiting.get(shape, 0)))
+            self.pool_target.labels(shape=shape).set(int(targets.get(shape, 0)))
+        if math.isfinite(cost_per_hour):
+            self.pool_cost.set(cost_per_hour)
+
+    def pool_claimed(self, shape: str, trigger: str, latency_s: float | None) -> None:
+        self.pool_claims.labels(shape=shape, trigger=trigger).inc()
+        if latency_s is not None and math.isfinite(latency_s) and latency_s >= 0:
+            self.pool_claim_latency.observe(latency_s)
+
+    def pool_missed(self, shape: str, nodes: int) -> None:
+        if nodes > 0:
+            self.pool_misses.labels(shape=shape).inc(nodes)
 
     def record_actuation_error(self, kind: str) -> None:
         self.actuation_errors.labels(kind=kind).inc()
