@@ -119,6 +119,7 @@ def main() -> None:
             },
             "decisions_to_converge": {p: m["decisions_to_converge"] for p, m in per.items()},
             "decisions_to_converge_down": {p: m["decisions_to_converge_down"] for p, m in per.items()},
+            "decisions_to_settle": {p: m["decisions_to_settle"] for p, m in per.items()},
             "scale_actions": {p: m["scale_actions"] for p, m in per.items()},
             "reversals": {p: m["reversals"] for p, m in per.items()},
             "goals": _goals(per, sc.trace.kind),

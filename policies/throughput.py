@@ -4,9 +4,10 @@ Like DS2, it reasons from each stage's true processing rate (learned per node sh
 rather than from utilization, so it moves straight to the capacity the pipeline needs instead of creeping
 there tick by tick. The planner turns its per-stage demand into the cheapest mix of node shapes.
 
-Its state (JSON) remembers each stage's backlog at the previous decision — so a step in load is seen at the
-next decision, not a rate window later — and since when each shape has had launches pending, so a backlog
-that grows while nodes boot is sized once, for the moment they land.
+Its state (JSON) remembers each stage's backlog at the previous decision and the throughput it measured
+over the last rate window — so a step in load is seen, exactly, at the next decision, not a rate window
+later — and since when each shape has had launches pending, so a backlog that grows while nodes boot is
+sized once, for the moment they land.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ class ThroughputPolicy:
         pending_since = _floats(ctx.state.get("pending_since"))
 
         window = _rate_window_seconds(ctx)
+        history = _histories(ctx.state.get("history"))
         recent: dict[str, float] = {}
+        recent_tp: dict[str, float] = {}
         seen: dict[str, list[float]] = {}
+        kept: dict[str, list[list[float]]] = {}
         for st in snap.stages:
             if not (st.backlog.known and st.throughput.known):
                 continue
@@ -68,35 +72,71 @@ class ThroughputPolicy:
             if before and len(before) in (2, 3) and snap.time > before[0]:
                 dt = snap.time - before[0]
                 tp_prev = before[2] if len(before) == 3 else None
-                recent[st.name] = (
-                    recent_throughput(st.throughput.get(), tp_prev, window, dt)
-                    + (st.backlog.get() - before[1]) / dt
-                )
+                left = _left_window(history.get(st.name, []), snap.time - window, dt)
+                tp = recent_throughput(st.throughput.get(), tp_prev, window, dt, left=left)
+                recent_tp[st.name] = tp
+                recent[st.name] = tp + (st.backlog.get() - before[1]) / dt
+                # Each entry: when, and the throughput over the ``dt`` before then.
+                past = [h for h in history.get(st.name, []) if h[0] >= snap.time - window - 2 * dt]
+                kept[st.name] = [*past, [snap.time, dt, tp]]
         new_pending = {
             s.name: pending_since.get(s.name, snap.time)
             for s in snap.shapes
             if int(snap.pending_counts.get(s.name, 0)) > 0
         }
         leads = _lead_seconds(ctx, snap, new_pending)
-        demands = stage_demands(snap.stages, targets, lead_seconds=leads, recent_arrival=recent)
-        state: dict[str, Any] = {"backlog": seen, "pending_since": new_pending}
+        demands = stage_demands(
+            snap.stages, targets, lead_seconds=leads, recent_arrival=recent, recent_throughput=recent_tp
+        )
+        state: dict[str, Any] = {"backlog": seen, "pending_since": new_pending, "history": kept}
         return PolicyDecision(
             demands=demands, reasons=tuple(d.reason for d in demands if d.hold), state=state
         )
 
 
-def recent_throughput(now: float, before: float | None, window: float, dt: float) -> float:
+def recent_throughput(
+    now: float, before: float | None, window: float, dt: float, *, left: float | None = None
+) -> float:
     """Throughput over the last ``dt`` seconds, from a rate over ``window`` now and ``dt`` ago.
 
-    A windowed rate moves by (what entered − what left the window) / window between two readings; taking
-    what left as the previous reading's mean gives ``now + (window / dt − 1) · (now − before)``: exact for a
-    rate that was steady before the last ``dt``, and what turns a step in throughput into a number at the
-    next decision instead of a window later. Without a previous reading, or when ``dt`` covers the window,
-    the windowed rate itself.
+    A windowed rate moves by (what entered − what left the window) / window between two readings, so the
+    last ``dt`` ran at ``now + (window / dt) · (now − before)`` minus what left — plus the throughput over the
+    ``dt`` that just left the window. ``left`` is that throughput when an earlier decision measured it
+    (exact however the rate moved before); without it, the previous reading's mean stands in, which is exact
+    for a rate that was steady before the last ``dt`` but overshoots while a rise is still inside the window
+    (what leaves is below the mean). Either way a step in throughput becomes a number at the next decision
+    instead of a window later. Without a previous reading, or when ``dt`` covers the window, the windowed
+    rate itself.
     """
     if before is None or not (0 < dt < window) or not (math.isfinite(now) and math.isfinite(before)):
         return max(0.0, now)
-    return max(0.0, now + (window / dt - 1.0) * (now - before))
+    gone = left if left is not None and math.isfinite(left) and left >= 0 else before
+    return max(0.0, (window / dt) * (now - before) + gone)
+
+
+def _left_window(history: list[list[float]], start: float, dt: float) -> float | None:
+    """The throughput measured over ``[start - dt, start]`` — the slice a windowed rate just dropped — if an
+    earlier decision measured exactly that slice (same spacing, same end within a quarter of it)."""
+    for when, span, tp in reversed(history):
+        if abs(when - start) <= 0.25 * dt and abs(span - dt) <= 0.25 * dt:
+            return tp
+    return None
+
+
+def _histories(raw: object) -> dict[str, list[list[float]]]:
+    out: dict[str, list[list[float]]] = {}
+    if isinstance(raw, Mapping):
+        for k, v in raw.items():
+            if isinstance(v, list):
+                rows = [
+                    [float(x) for x in row]
+                    for row in v
+                    if isinstance(row, list | tuple)
+                    and len(row) == 3
+                    and all(isinstance(x, int | float) and math.isfinite(x) for x in row)
+                ]
+                out[str(k)] = rows
+    return out
 
 
 def _rate_window_seconds(ctx: PolicyContext) -> float:
@@ -109,18 +149,33 @@ def _rate_window_seconds(ctx: PolicyContext) -> float:
 
 
 def _lead_seconds(ctx: PolicyContext, snap: Snapshot, pending_since: Mapping[str, float]) -> dict[str, float]:
-    """Per stage: seconds until capacity for it can land — what is already launching, else a new launch."""
+    """Per stage: seconds until the capacity planned for it lands.
+
+    With launches pending on shapes the stage can run on: their time left, averaged over the slots of the
+    stage they bring (pending nodes × slots per node). The stage's queue grows until that capacity is
+    there, less and less as it lands, and the plan that launched them counted on all of them; the average
+    is where a queue growing at today's rate, slowing as the slots land one after another, comes to. The
+    projection then counts down with the boot instead of creeping up at every decision. With none pending,
+    the fastest new launch — the soonest any new capacity could help.
+    """
     out: dict[str, float] = {}
     for st in snap.stages:
-        need = ctx.config.stage_resources(st.name)
-        leads = []
+        need = {k: v for k, v in ctx.config.stage_resources(st.name).items() if v > 0}
+        weighted = 0.0
+        slots = 0.0
+        fresh: list[float] = []
         for shape in snap.shapes:
-            if not all(shape.capacity(k) >= v for k, v in need.items() if v > 0):
+            if not all(shape.capacity(k) >= v for k, v in need.items()):
                 continue
-            if shape.name in pending_since:
-                leads.append(max(0.0, shape.launch_seconds - (snap.time - pending_since[shape.name])))
-            else:
-                leads.append(shape.launch_seconds)
-        if leads:
-            out[st.name] = min(leads)
+            fresh.append(shape.launch_seconds)
+            pending = int(snap.pending_counts.get(shape.name, 0))
+            if shape.name in pending_since and pending > 0:
+                per_node = min((math.floor(shape.capacity(k) / v) for k, v in need.items()), default=1)
+                left = max(0.0, shape.launch_seconds - (snap.time - pending_since[shape.name]))
+                weighted += pending * per_node * left
+                slots += pending * per_node
+        if slots > 0:
+            out[st.name] = weighted / slots
+        elif fresh:
+            out[st.name] = min(fresh)
     return out

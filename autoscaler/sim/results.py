@@ -35,11 +35,23 @@ Definitions (all computed from the per-step record of a run; ``dt`` is the step)
   pending). ``reversals``: per shape, an action in the opposite direction to that shape's previous action;
   summed over shapes.
 - ``decisions_to_converge``: for each step change in the trace (``change_points``) the decisions after it,
-  up to the next change (or the end), are numbered 1, 2, …; the answer is the number of the last decision
-  that changed any target (0 if none did), provided the targets then stay fixed for at least one more
-  decision and, at some decision from then on, no stage misses the SLO; otherwise None (not converged).
-  Reported separately for upward and downward steps (the worst over steps of that direction): downward
-  steps wait out the scale-down stabilization window by design.
+  up to the next change (or the end), are numbered 1, 2, …; after an upward step the answer is the number of
+  the last decision that *raised* any target (0 if none did), after a downward step the last that changed
+  any target; provided at least one more decision follows it and, at some decision from then on, no stage
+  misses the SLO; otherwise None (not converged). Reported separately for upward and downward steps (the
+  worst over steps of that direction): downward steps wait out the scale-down stabilization window by
+  design.
+
+  Until issue 4 an upward step also counted the decisions that later *lowered* targets. That was wrong for
+  upward steps: a policy that drains the backlog a step leaves (as the SLO asks) buys catch-up capacity
+  and sells it back once the backlog is gone, and the guardrails allow that only after
+  ``scale_down_window_seconds`` (300 s, 20 decisions, in the standard scenarios) — so the old count
+  measured the window, and no policy that drains faster than its headroom and respects the window could
+  reach 2. Growing again after the first decisions (creeping up tick by tick, or buying back what was
+  sold) still counts in full. The old count is kept as ``decisions_to_settle``; what the catch-up
+  capacity costs is in ``cost``.
+- ``decisions_to_settle``: the old definition for both directions: the number of the last decision after the
+  step that changed any target, up or down, under the same conditions.
 """
 
 from __future__ import annotations
@@ -53,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autoscaler.policy import Policy
-from autoscaler.sim.engine import SimRun, simulate
+from autoscaler.sim.engine import DecisionRecord, SimRun, simulate
 from autoscaler.sim.scenario import Scenario
 
 __all__ = ["Convergence", "RunMetrics", "RunResult", "Series", "run_policy", "summarize"]
@@ -70,6 +82,8 @@ class Convergence:
     direction: str
     decisions: int | None
     """None: the targets were still changing, or the backlog never got under target, before the next step."""
+    settle: int | None = None
+    """The last decision that changed any target, up or down (see the module docstring); None as above."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +107,8 @@ class RunMetrics:
     decisions_to_converge: int | None
     """Worst over upward steps; None if one did not converge or the trace has no upward step."""
     decisions_to_converge_down: int | None
+    decisions_to_settle: int | None
+    """Worst over upward steps of ``Convergence.settle`` (the pre-issue-4 definition)."""
     convergence: tuple[Convergence, ...]
     node_hours: Mapping[str, float]
     peak_nodes: int
@@ -126,8 +142,9 @@ class RunMetrics:
             "decisions": self.decisions,
             "decisions_to_converge": self.decisions_to_converge,
             "decisions_to_converge_down": self.decisions_to_converge_down,
+            "decisions_to_settle": self.decisions_to_settle,
             "convergence": [
-                {"time": _r(c.time), "direction": c.direction, "decisions": c.decisions}
+                {"time": _r(c.time), "direction": c.direction, "decisions": c.decisions, "settle": c.settle}
                 for c in self.convergence
             ],
             "node_hours": {k: _r(v, 3) for k, v in self.node_hours.items()},
@@ -214,6 +231,18 @@ def _backlog_ages(run: SimRun) -> tuple[float, float]:
     return float(np.percentile(ages, 95)), float(ages.max())
 
 
+def _settled(run: SimRun, window: Sequence[DecisionRecord], last: int) -> int | None:
+    """``last`` (a decision number in ``window``) when another decision follows it and, at it or some
+    decision after it, no stage misses the SLO; else None."""
+    if last >= len(window):
+        return None
+    for d in window[max(last, 1) - 1 :]:
+        step = min(run.steps - 1, max(0, round(d.time / run.dt) - 1))
+        if not run.slo_miss[step]:
+            return last
+    return None
+
+
 def _convergence(run: SimRun) -> tuple[Convergence, ...]:
     sc = run.scenario
     points = sc.trace.change_points(run.duration, sc.start_clock)
@@ -230,25 +259,28 @@ def _convergence(run: SimRun) -> tuple[Convergence, ...]:
         window = [d for d in decs if t_change < d.time < t_next]
         targets = [prev] + [dict(d.target) for d in window]
         last_change = 0
+        last_raise = 0
         for j in range(1, len(targets)):
             if targets[j] != targets[j - 1]:
                 last_change = j
-        decisions: int | None = None
-        if last_change < len(window):
-            start = max(last_change, 1)
-            for d in window[start - 1 :]:
-                step = min(run.steps - 1, max(0, round(d.time / run.dt) - 1))
-                if not run.slo_miss[step]:
-                    decisions = last_change
-                    break
-        out.append(Convergence(time=t_change, direction=direction, decisions=decisions))
+            if any(targets[j].get(k, 0) > targets[j - 1].get(k, 0) for k in targets[j]):
+                last_raise = j
+        out.append(
+            Convergence(
+                time=t_change,
+                direction=direction,
+                decisions=_settled(run, window, last_raise if direction == "up" else last_change),
+                settle=_settled(run, window, last_change),
+            )
+        )
     return tuple(out)
 
 
-def _worst(items: Sequence[Convergence]) -> int | None:
-    if not items or any(c.decisions is None for c in items):
+def _worst(items: Sequence[Convergence], *, settle: bool = False) -> int | None:
+    counts = [c.settle if settle else c.decisions for c in items]
+    if not counts or any(n is None for n in counts):
         return None
-    return max(c.decisions for c in items if c.decisions is not None)
+    return max(n for n in counts if n is not None)
 
 
 def _actions(run: SimRun) -> tuple[int, dict[str, int]]:
@@ -333,6 +365,7 @@ def summarize(run: SimRun) -> RunResult:
         decisions=len(run.decisions),
         decisions_to_converge=_worst([c for c in conv if c.direction == "up"]),
         decisions_to_converge_down=_worst([c for c in conv if c.direction == "down"]),
+        decisions_to_settle=_worst([c for c in conv if c.direction == "up"], settle=True),
         convergence=conv,
         node_hours=node_hours,
         peak_nodes=int(run.live.sum(axis=1).max()) if run.steps else 0,

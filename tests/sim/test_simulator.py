@@ -226,17 +226,28 @@ def test_trace_change_points() -> None:
 # ------------------------------------------------------------------------------------------ policies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decision core: demand lags the step (60 s rate window) and ignores the backlog that grows "
-    "while new nodes boot, so targets creep up over several decisions (see the simulator report)",
-)
 def test_throughput_converges_within_two_decisions_after_a_step_up() -> None:
     sc = scenario(duration=600, trace={"kind": "step", "levels": [[0, 30], [300, 90]]})
     result = summarize(simulate(sc, load_policy("throughput")))
     (conv,) = result.metrics.convergence
     assert conv.direction == "up"
     assert conv.decisions is not None and conv.decisions <= 2, result.metrics.to_json()
+
+
+def test_convergence_after_a_step_up_counts_every_raise_and_not_the_release() -> None:
+    sc = scenario(
+        duration=600,
+        trace={"kind": "step", "levels": [[0, 30], [300, 90]]},
+        **{"config.bounds.scale_down_window_seconds": 0},
+    )
+    # Decisions after the step are at 315, 330, …: raise at the 1st, sell catch-up capacity at the 5th.
+    release = Schedule([(315, {"cpu4": 6, "gpu1": 10}), (375, {"gpu1": 8})])
+    (conv,) = summarize(simulate(sc, release)).metrics.convergence
+    assert (conv.decisions, conv.settle) == (1, 5)
+    # Raising again later (creeping up, or buying back what was sold) counts in full.
+    creep = Schedule([(315, {"cpu4": 6, "gpu1": 10}), (375, {"gpu1": 8}), (405, {"gpu1": 9})])
+    (conv,) = summarize(simulate(sc, creep)).metrics.convergence
+    assert (conv.decisions, conv.settle) == (7, 7)
 
 
 def test_ray_default_scales_down_only_after_the_idle_timeout() -> None:

@@ -78,13 +78,25 @@ def test_negative_inputs_are_clamped() -> None:
     assert d.target_rate == 0.0
 
 
-def test_upstream_rise_already_in_the_recent_arrival_is_not_counted_twice() -> None:
+def test_upstream_draining_faster_than_planned_is_not_counted_twice() -> None:
     up = stage("decode", backlog=1000.0, throughput=10.0, arrival=10.0)
     down = stage("infer", backlog=0.0, throughput=10.0, arrival=10.0, upstream="decode")
-    # infer's recent arrival already shows 15/s of decode's rise to 20/s: only 5/s more is to come.
+    # infer's recent arrival shows decode draining its queue at 15/s: that is decode's queue moving down,
+    # already counted, not more input: infer still needs its input plus decode's queue within the target.
     _, d_down = stage_demands((up, down), T, recent_arrival={"infer": 15.0})
     assert d_down.target_rate == 20.0
-    assert "+5/s more from decode" in d_down.reason
+    assert "+10/s more from decode once it catches up (1e+03 queued upstream)" in d_down.reason
+
+
+def test_a_downstream_stage_drains_what_is_queued_upstream_and_at_itself() -> None:
+    # decode is behind (queue 500 and growing 5/s while nodes boot), infer has 300 queued: within the
+    # drain target infer must process its input, its own queue and decode's (which grows meanwhile).
+    up = stage("decode", backlog=500.0, throughput=10.0, arrival=15.0)
+    down = stage("infer", backlog=300.0, throughput=10.0, arrival=10.0, upstream="decode")
+    d_up, d_down = stage_demands((up, down), T, lead_seconds={"decode": 20.0, "infer": 20.0})
+    assert d_up.target_rate == 15.0 + (500.0 + 5.0 * 20.0) / 100.0
+    # input 15/s (decode's), 300 + 500 queued, and what enters but infer does not process for 20 s.
+    assert math.isclose(d_down.target_rate, 15.0 + (300.0 + 500.0 + 5.0 * 20.0) / 100.0)
 
 
 def test_projected_backlog_uses_the_lead_time() -> None:

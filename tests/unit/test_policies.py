@@ -573,3 +573,15 @@ def test_load_policy_unknown_name_lists_installed() -> None:
     with pytest.raises(PolicyLoadError, match="neither an installed policy") as e:
         load_policy("no-such-policy")
     assert "ray-default" in str(e.value)
+
+
+def test_recent_throughput_is_exact_with_the_slice_that_left_the_window() -> None:
+    from policies.throughput import recent_throughput
+
+    # 100/s until t=0, 200/s for the next 15 s, 300/s for the 15 s after: 60 s windowed rates at 15 and 30.
+    before = (45 * 100 + 15 * 200) / 60
+    now = (30 * 100 + 15 * 200 + 15 * 300) / 60
+    # The slice that just left the window, [-30, -15], ran at 100/s (measured by an earlier decision).
+    assert recent_throughput(now, before, 60.0, 15.0, left=100.0) == 300.0
+    # Without it the previous window's mean stands in: exact only for a rate steady before the last 15 s.
+    assert recent_throughput(now, before, 60.0, 15.0) == 325.0
