@@ -371,7 +371,9 @@ def recommend(
         raise typer.Exit(EXIT_SOURCE)
     latest = snapshots[-1]
     rec = recommend_from(snapshots, cfg, policy)
-    doc = recommendation_json(rec.snapshot, rec.decision, headroom=cfg.targets.headroom)
+    doc = recommendation_json(
+        rec.snapshot, rec.decision, headroom=cfg.targets.headroom, warm_pool=rec.warm_pool
+    )
     if as_json:
         print(json.dumps(doc, indent=2, sort_keys=False))
     else:

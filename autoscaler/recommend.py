@@ -17,6 +17,7 @@ from autoscaler.policy import Policy
 from autoscaler.prometheus import PrometheusSource
 from autoscaler.throughput import ThroughputModels
 from autoscaler.types import Snapshot
+from autoscaler.warm_pool import PoolMemory, PoolTargets, pool_targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,8 @@ class Recommendation:
     snapshot: Snapshot
     decision: Decision
     history: tuple[Snapshot, ...]
+    warm_pool: PoolTargets | None = None
+    """Standby nodes per shape the daemon would keep next to this plan (None when the pool is off)."""
 
 
 def sample_times(end: float, history_seconds: float, step_seconds: float) -> list[float]:
@@ -58,8 +61,14 @@ def recommend_from(
     models = ThroughputModels(min_samples=min_samples)
     state = DecisionState()
     decision: Decision | None = None
+    pool = PoolMemory()
     for snap in history:
         decision = decide(snap, config, models, policy, state)
         state = decision.state
+        if not decision.plan.held:
+            pool.remember_plan(snap.time, decision.plan.targets(), config.warm_pool.history_seconds)
     assert decision is not None
-    return Recommendation(snapshot=history[-1], decision=decision, history=tuple(history))
+    # The replay is short and has no launch observations: the sizing uses the configured launch times and
+    # only the rises within the replayed history, so it can only under-state what a long-running daemon keeps.
+    sized = pool_targets(config, pool, decision.plan.targets()) if config.warm_pool.enabled else None
+    return Recommendation(snapshot=history[-1], decision=decision, history=tuple(history), warm_pool=sized)

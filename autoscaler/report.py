@@ -14,6 +14,7 @@ from rich.text import Text
 
 from autoscaler.decision import Decision
 from autoscaler.types import Reading, Snapshot
+from autoscaler.warm_pool import PoolTargets
 
 SCHEMA = "raytide.recommendation/v1"
 
@@ -30,7 +31,9 @@ def _is_bottleneck(snapshot: Snapshot, decision: Decision, stage: str, headroom:
     return st.backlog.get() > 0 and demand.target_rate > st.throughput.get() * (1.0 + headroom) + 1e-9
 
 
-def recommendation_json(snapshot: Snapshot, decision: Decision, *, headroom: float) -> dict[str, Any]:
+def recommendation_json(
+    snapshot: Snapshot, decision: Decision, *, headroom: float, warm_pool: PoolTargets | None = None
+) -> dict[str, Any]:
     plan = decision.plan
     prices = {s.name: s.price_per_hour for s in snapshot.shapes}
     demands = {d.stage: d for d in plan.demands}
@@ -103,6 +106,13 @@ def recommendation_json(snapshot: Snapshot, decision: Decision, *, headroom: flo
             "now": sum(s["cost_per_hour_now"] for s in shapes),
             "target": sum(s["cost_per_hour_target"] for s in shapes),
         },
+        "warm_pool": None
+        if warm_pool is None
+        else {
+            "standby": dict(sorted(warm_pool.counts.items())),
+            "reasons": dict(sorted(warm_pool.reasons.items())),
+            "cost_per_hour": sum(prices.get(k, 0.0) * v for k, v in warm_pool.counts.items()),
+        },
     }
 
 
@@ -170,6 +180,12 @@ def render_recommendation(doc: Mapping[str, Any], console: Console) -> None:
                 style="yellow",
             )
         )
+    pool = doc.get("warm_pool")
+    if pool:
+        standby = ", ".join(f"{k} {v}" for k, v in pool["standby"].items() if v) or "none"
+        parts.append(Text(f"warm pool: {standby} standby ({pool['cost_per_hour']:.2f} $/h)"))
+        for shape, why in pool["reasons"].items():
+            parts.append(Text(f"  {shape}: {why}", style="dim"))
     if doc["held"]:
         parts.append(Text("holding the cluster as it is: " + "; ".join(doc["reasons"]), style="yellow"))
     console.print(Group(*parts))

@@ -235,3 +235,36 @@ def test_config_rejects_unknown_shapes_and_min_over_max() -> None:
         cfg(", min: {tpu: 1}")
     with pytest.raises(ConfigError, match="over its max"):
         cfg(", min: {gpu1: 3}, max: {gpu1: 1}")
+
+
+def test_recommend_shows_the_pool_the_daemon_would_keep() -> None:
+    import io
+
+    from rich.console import Console
+
+    from autoscaler.policy import PolicyContext, PolicyDecision
+    from autoscaler.recommend import recommend_from
+    from autoscaler.report import recommendation_json, render_recommendation
+    from autoscaler.testing import make_snapshot
+
+    class Steps:
+        """Wants one more gpu1 node every minute (the rises the pool should cover)."""
+
+        name = "steps"
+
+        def decide(self, ctx: PolicyContext) -> PolicyDecision:
+            return PolicyDecision(target_counts={"cpu4": 0, "gpu1": 1 + int(ctx.now // 60) % 2})
+
+    c = cfg()
+    history = [make_snapshot(time=float(t), config=c, node_counts={"gpu1": 1}) for t in range(0, 300, 15)]
+    rec = recommend_from(history, c, Steps())
+    assert rec.warm_pool is not None and rec.warm_pool.counts["gpu1"] == 1
+    doc = recommendation_json(rec.snapshot, rec.decision, headroom=0.2, warm_pool=rec.warm_pool)
+    assert doc["warm_pool"]["standby"] == {"cpu4": 0, "gpu1": 1}
+    assert doc["warm_pool"]["cost_per_hour"] == 1.0
+    out = io.StringIO()
+    render_recommendation(doc, Console(file=out, width=200))
+    assert "warm pool: gpu1 1 standby" in out.getvalue()
+    # With the pool off there is nothing to show.
+    off = parse_config((BASE % "").replace("enabled: true", "enabled: false"))
+    assert recommend_from(history, off, Steps()).warm_pool is None
