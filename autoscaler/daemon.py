@@ -284,6 +284,8 @@ class _Memory:
     """Placeholder name → when this process created it (a fresh one may not be listed yet)."""
     retiring: dict[str, tuple[str, float]] = field(default_factory=dict)
     """Node id → (shape, since): standby nodes whose placeholder was retired, to be drained once idle."""
+    removed: dict[str, float] = field(default_factory=dict)
+    """Placeholder name → when this process removed it (a listing read before may still show it)."""
     pool_pending: list[Action] = field(default_factory=list)
     """warm/unwarm actions left unfinished by the previous process, settled at the first pool listing."""
     pool_synced: bool = False
@@ -358,6 +360,8 @@ class Daemon:
         self._tick_now = asyncio.Event()
         self._claim_now = asyncio.Event()
         self._nudged_at: float | None = None
+        self._hidden: frozenset[str] = frozenset()
+        """Standby and retiring nodes of the last observation (not the plan's capacity)."""
         self.last: TickOutcome | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -427,7 +431,7 @@ class Daemon:
         done = 0
         claimer: asyncio.Task[None] | None = None
         if self._pool is not None and self.config.warm_pool.claim_waiting:
-            claimer = asyncio.create_task(self._claim_loop(), name="raytide-warm-pool-claims")
+            claimer = asyncio.create_task(self.run_claims(), name="raytide-warm-pool-claims")
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
@@ -498,8 +502,12 @@ class Daemon:
             if self._pool is not None:
                 pool_plan = self._plan_pool(now, plan, snapshot)
                 floor = dict(pool_plan.floor)
+            # Standby and retiring nodes are not the plan's: counting them would drain an active node.
             drains = choose_drains(
-                plan, cluster, share=self.config.daemon.drain_share_per_tick, exclude=self._draining()
+                plan,
+                cluster,
+                share=self.config.daemon.drain_share_per_tick,
+                exclude=self._draining() | self._hidden,
             )
             drains.extend(self._retired_to_drain(cluster, now, exclude={n.node_id for n in drains}))
         actions: list[Action] = []
@@ -676,6 +684,7 @@ class Daemon:
             self._mem.pool.members.setdefault(m.name, m)
             return False
         self._mem.created_at.pop(m.name, None)
+        self._mem.removed[m.name] = time.monotonic()
         await self._finish(key, "confirmed", why)
         return True
 
@@ -699,7 +708,13 @@ class Daemon:
         listed = {p.name: p for p in listing}
         pending = {a.payload.get("name"): a for a in mem.pool_pending}
         orphans: list[Placeholder] = []
+        recent = time.monotonic() - _CREATE_GRACE_S
+        for name, at in list(mem.removed.items()):
+            if at < recent:
+                del mem.removed[name]
         for p in listing:
+            if p.name in mem.removed:
+                continue  # removed since this listing was read (Ray removes asynchronously)
             if p.name in pending and pending[p.name].kind == "unwarm":
                 # A claim or retirement the previous process began: finish it, never hand it out again.
                 mem.pool.members.pop(p.name, None)
@@ -783,8 +798,11 @@ class Daemon:
                 targets[s.name] = ready[s.name] + waiting[s.name]
         self.telemetry.record_pool(ready, waiting, targets, cost)
 
-    async def _claim_loop(self) -> None:
-        """Between ticks: hand ready standby nodes to work waiting in Ray for resources."""
+    async def run_claims(self) -> None:
+        """Between ticks: hand ready standby nodes to work waiting in Ray for resources, until stopped.
+
+        :meth:`run` starts it when the warm pool is on and ``claim_waiting``; a caller driving
+        :meth:`tick` itself (the demo) runs it as a task next to its ticks."""
         wp = self.config.warm_pool
         first_seen: float | None = None
         while not self._stop.is_set():
@@ -924,6 +942,7 @@ class Daemon:
                     retiring[shape] = retiring.get(shape, 0) + 1
                 live, pending = active_counts(live, pending, members, retiring)
                 hidden = frozenset({m.node_id for m in members if m.node_id} | set(self._mem.retiring))
+            self._hidden = hidden
             results["nodes_active"] = _counts_result(_for_shapes(names, live), now)
             results["nodes_pending"] = _counts_result(_for_shapes(names, pending), now)
         try:

@@ -372,7 +372,7 @@ class PoolPlan:
     retire: tuple[Standby, ...] = ()
     """Placeholders over the target: removed, and their node (if any) drained."""
     floor: Mapping[str, int] = field(default_factory=dict)
-    """The autoscaler floor: planned nodes plus the pool target, per shape."""
+    """The autoscaler floor per shape: planned nodes plus the placeholders kept or created this tick."""
 
 
 def plan_pool(
@@ -392,6 +392,7 @@ def plan_pool(
     create: list[Standby] = []
     retire: list[Standby] = []
     serial = memory.next_serial
+    floor: dict[str, int] = {}
     for shape in (s.name for s in config.node_shapes()):
         mine = members.get(shape, [])
         ready = [m for m in mine if m.ready]
@@ -408,19 +409,19 @@ def plan_pool(
             # Retire the ones without a node first (nothing to drain), newest first.
             order = sorted(waiting, key=lambda m: -m.serial) + sorted(left_ready, key=lambda m: -m.serial)
             retire.extend(order[: have - want])
+            have = want
         elif have < want:
             recent_claim = memory.last_claim.get(shape)
-            if take or (recent_claim is not None and now - recent_claim < wp.refill_delay_seconds):
-                # A refill created next to a claim could take the claimed node back before the waiting
-                # work is scheduled on it.
-                continue
-            for _ in range(want - have):
-                create.append(Standby(standby_name(shape, serial), shape))
-                serial += 1
-    floor = {
-        s.name: int(plan_targets.get(s.name, 0)) + int(targets.counts.get(s.name, 0))
-        for s in config.node_shapes()
-    }
+            if not take and (recent_claim is None or now - recent_claim >= wp.refill_delay_seconds):
+                for _ in range(want - have):
+                    create.append(Standby(standby_name(shape, serial), shape))
+                    serial += 1
+                have = want
+            # else: a refill created next to a claim could take the claimed node back before the
+            # waiting work is scheduled on it; it waits ``refill_delay_seconds``.
+        # The floor covers the plan and the placeholders that exist (or are created now), not the target:
+        # a node launched for a placeholder not created yet would look like an idle node of the plan's.
+        floor[shape] = int(plan_targets.get(shape, 0)) + have
     return PoolPlan(
         targets=targets,
         claims=tuple(claims),

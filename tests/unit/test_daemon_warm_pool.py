@@ -283,3 +283,26 @@ async def test_disabled_pool_touches_no_placeholder(tmp_path: Path, enabled: boo
     await daemon.start()
     out = await daemon.tick()
     assert out.pool is None and not pool.groups and not daemon.pool
+
+
+async def test_an_active_node_is_never_drained_because_a_standby_node_exists(tmp_path: Path) -> None:
+    from autoscaler.daemon import _TimedPolicy
+    from autoscaler.policy import PolicyContext, PolicyDecision
+
+    class One:
+        name = "one"
+
+        def decide(self, ctx: PolicyContext) -> PolicyDecision:
+            return PolicyDecision(target_counts={"cpu4": 0, "gpu1": 1})
+
+    daemon, cluster, actuator, _pool, _ = build(tmp_path)
+    await fill(daemon)
+    daemon.policy = One()
+    daemon._timed_policy = _TimedPolicy(daemon.policy)
+    out = await daemon.tick()
+    assert len(out.claimed) == 1  # the standby node becomes the plan's one node, idle for now
+    for _ in range(4):  # the pool refills with a second node
+        out = await daemon.tick()
+        assert not out.drained, "an idle active node was drained because a standby node was counted"
+    assert [m for m in daemon.pool if m.node_id]
+    assert cluster.count("gpu1") == 2 and not actuator.drains
