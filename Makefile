@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/decision_latency.py
 	$(BIN)/python bench/policies.py
 	$(BIN)/python bench/sim_speed.py
+	$(BIN)/python bench/reaction.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
