@@ -219,3 +219,22 @@ async def test_aclose_ends_connections_that_hang(telemetry: Telemetry) -> None:
     await writer.wait_closed()
     with pytest.raises(OSError):
         await asyncio.open_connection(ep.host, ep.port)
+
+
+async def test_nudge_is_a_post_that_reaches_the_daemon(telemetry: Telemetry) -> None:
+    nudges: list[int] = []
+    ep = HttpEndpoint(registry=telemetry.registry, health=telemetry, on_nudge=lambda: nudges.append(1))
+    await ep.start()
+    try:
+        async with httpx.AsyncClient(base_url=ep.url, timeout=5.0) as c:
+            r = await c.post("/nudge", content=b'{"stage": "infer"}')
+            assert r.status_code == 202 and r.json() == {"status": "nudged"}
+            r = await c.get("/nudge")
+            assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert nudges == [1]
+    finally:
+        await ep.aclose()
+
+
+async def test_without_a_nudge_handler_there_is_no_nudge_route(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/nudge")).status_code == 404
