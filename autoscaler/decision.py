@@ -25,6 +25,7 @@ from autoscaler.selection import (
 )
 from autoscaler.throughput import RateEstimate, ThroughputModels
 from autoscaler.types import (
+    NodeShape,
     Placement,
     Plan,
     ShapeChange,
@@ -174,11 +175,46 @@ def _prior_bias(ests: Mapping[str, RateEstimate], priors: Mapping[str, float]) -
     return min(_CALIBRATION_LIMIT, max(1.0 / _CALIBRATION_LIMIT, math.exp(sum(logs) / len(logs))))
 
 
+def _lateness(
+    obs: StageObservation | None,
+    ests: Mapping[str, RateEstimate],
+    shapes: Mapping[str, NodeShape],
+    drain_seconds: float,
+) -> dict[str, float]:
+    """Per shape, the share of a drain a new slot there can still do, for a stage that is behind (used to
+    choose new capacity only: see ``decide``).
+
+    A stage with a queue worth more than ``_BEHIND_SECONDS`` of its input must drain it within
+    ``drain_seconds`` of the first new capacity landing; a slot on a shape that boots ``Δ`` seconds later
+    than the stage's fastest shape works for only ``drain_seconds − Δ`` of that time while the queue keeps
+    growing, so it counts for that share (at least ``_LATE_FLOOR``). Without it the planner, which prices
+    capacity by the hour, buys the slowest-booting shapes for a burst when they are a little cheaper per
+    slot, and the queue waits for them. Empty (no change) for a stage that keeps up.
+    """
+    if obs is None or not obs.complete or drain_seconds <= 0:
+        return {}
+    rate = max(obs.arrival_rate.get(), obs.throughput.get())
+    if not (rate > 0 and obs.backlog.get() > _BEHIND_SECONDS * rate):
+        return {}
+    launches = {n: shapes[n].launch_seconds for n in ests if n in shapes}
+    if not launches:
+        return {}
+    fastest = min(launches.values())
+    return {n: max(_LATE_FLOOR, 1.0 - (t - fastest) / drain_seconds) for n, t in launches.items()}
+
+
+_BEHIND_SECONDS = 10.0
+"""A stage whose queue holds more than this many seconds of its input is behind (see ``_lateness``)."""
+
+_LATE_FLOOR = 0.25
+
+
 def _requirements(
     demands: tuple[StageDemand, ...],
     estimates: Mapping[str, Mapping[str, RateEstimate]],
     config: Config,
     observations: Mapping[str, StageObservation] | None = None,
+    shapes: Mapping[str, NodeShape] | None = None,
 ) -> tuple[StageRequirement, ...]:
     """Per stage, the target rate and a per-slot rate per shape that the planner can trust.
 
@@ -190,6 +226,7 @@ def _requirements(
     happens to be optimistic.
     """
     obs = observations or {}
+    shapes = shapes or {}
     reqs = []
     for d in demands:
         if d.hold or d.target_rate <= 0:
@@ -203,9 +240,10 @@ def _requirements(
         # without inflating the cluster of a stage that is known only from priors.
         best_rel = min((max(0.0, e.rel_uncertainty) for e in ests.values()), default=0.0)
         per_slot: dict[str, float] = {}
+        late = _lateness(obs.get(d.stage), ests, shapes, config.targets.drain_seconds)
         for shape, raw in ests.items():
             est = _with_floor(raw, _EFFICIENCY_FLOOR, _anchor(obs.get(d.stage), shape))
-            factor = calib * (bias if est.source == "prior" else 1.0)
+            factor = calib * (bias if est.source == "prior" else 1.0) * late.get(shape, 1.0)
             # Linearise the sub-linear model at the scale this stage would need on that shape.
             n = max(1, est.slots_for(d.target_rate / factor))
             rate = est.per_slot_at(n) * factor * (1.0 + best_rel) / (1.0 + max(0.0, est.rel_uncertainty))
@@ -249,18 +287,31 @@ def _explain(
 
 
 def _deadband(
-    problem: SelectionProblem, selection: Selection, current: Mapping[str, int], config: Config
+    problem: SelectionProblem,
+    selection: Selection,
+    current: Mapping[str, int],
+    config: Config,
+    *,
+    launching: bool = False,
 ) -> Selection:
     """Keep the nodes there are while they still serve the demand with part of the headroom to spare.
 
     Without it every upward wiggle of a noisy rate adds a node at once, and the slow, windowed scale-down
     takes it away minutes later: churn and reversals for no gain. The check plans within today's counts
-    for demand with only ``1 - scale_up_deadband`` of the headroom; if that leaves nothing unmet, the
-    cluster is big enough, and that plan (which may also shed nodes, through the guardrails' window) is
-    used — never the up half of a reshuffle without its down half.
+    for demand with only ``1 - scale_up_deadband`` of the headroom (none of it while launches are pending,
+    see below); if that leaves nothing unmet, the cluster is big enough, and that plan (which may also shed
+    nodes, through the guardrails' window) is used — never the up half of a reshuffle without its down
+    half.
     """
     h = config.targets.headroom
     keep = 1.0 - config.targets.scale_up_deadband
+    if launching:
+        # Capacity bought by an earlier decision is still booting: its effect is not measured yet, and the
+        # demand leans on a projection of the queue it will find. Like Flink's stabilization interval and
+        # DS2's activation time, more is bought meanwhile only when the demand outgrows the whole headroom
+        # (which exists for exactly this error), not for a wiggle that new nodes landing even later would
+        # answer.
+        keep = 0.0
     if h <= 0 or keep >= 1.0:
         return selection
     # select_covering: select_shapes's plan when it leaves nothing unmet (status "optimal"), else None —
@@ -338,19 +389,27 @@ def decide(
         demands = result.demands
         if any(d.hold for d in demands):
             inputs_known = False
+        observed = {st.name: st for st in snapshot.stages}
+        # Two views of the same demand: the plan chooses new capacity with shapes that boot late discounted
+        # for stages that are behind (_lateness); whether today's nodes, running or booting, already serve
+        # the demand (the deadbands) is judged on the rates alone.
+        plain = _requirements(demands, estimates, config, observed)
+        timed = _requirements(demands, estimates, config, observed, {s.name: s for s in snapshot.shapes})
         problem = SelectionProblem(
             shapes=snapshot.shapes,
-            stages=_requirements(demands, estimates, config, {st.name: st for st in snapshot.stages}),
+            stages=timed,
             max_nodes=config.bounds.max_nodes,
             budget_per_hour=config.bounds.budget_per_hour,
             # Unknown inputs: whatever the selector says, never below what runs now.
             lower={} if inputs_known else dict(current),
         )
+        held_problem = problem if timed == plain else replace(problem, stages=plain)
         selection = select_shapes(problem)
         if inputs_known and any(selection.counts.get(n, 0) > c for n, c in current.items()):
-            selection = _deadband(problem, selection, current, config)
+            launching = any(int(n) > 0 for n in snapshot.pending_counts.values())
+            selection = _deadband(held_problem, selection, current, config, launching=launching)
         if inputs_known and any(selection.counts.get(n, 0) < c for n, c in current.items()):
-            selection = _hold_band(problem, selection, current, config)
+            selection = _hold_band(held_problem, selection, current, config)
         proposed: dict[str, int] = dict(selection.counts)
         placements = selection.placements
         unmet = selection.unmet

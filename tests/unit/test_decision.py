@@ -8,6 +8,7 @@ from autoscaler.decision import (
     DecisionState,
     _calibration,
     _hold_band,
+    _lateness,
     _requirements,
     _with_floor,
     decide,
@@ -113,6 +114,43 @@ def test_decide_holds_capacity_within_the_band_and_sheds_beyond_it() -> None:
 
     assert plan(25.0) == 10  # 25/s × 1.2 = 30 slots (8 nodes), but 30 × 1.5 = 45 > 40 slots: kept
     assert plan(20.0) == 8  # 24 slots, 36 with the band ≤ 40: shed, 2 per tick (window 0 in make_config)
+
+
+def test_a_stage_that_is_behind_discounts_shapes_that_boot_later() -> None:
+    fast = make_shape(name="fast", resources={"CPU": 16.0}, price_per_hour=0.7, launch_seconds=90.0)
+    slow = make_shape(name="slow", resources={"CPU": 48.0}, price_per_hour=2.0, launch_seconds=180.0)
+    shapes = {"fast": fast, "slow": slow}
+    ests = {"fast": est(2.0), "slow": est(2.0)}
+    behind = make_stage(name="s", backlog=5000.0, throughput=100.0, arrival_rate=300.0)
+    # Drain target 120 s: a slot booting 90 s after the fastest one works 30 of those 120 s.
+    assert _lateness(behind, ests, shapes, 120.0) == {"fast": 1.0, "slow": 0.25}
+    assert _lateness(behind, ests, shapes, 360.0) == {"fast": 1.0, "slow": 0.75}
+    # A stage keeping up (queue under 10 s of its input) chooses by price and rate alone.
+    keeping_up = make_stage(name="s", backlog=500.0, throughput=100.0, arrival_rate=100.0)
+    assert _lateness(keeping_up, ests, shapes, 120.0) == {}
+
+
+def test_while_nodes_boot_more_are_bought_only_beyond_the_headroom() -> None:
+    config = make_config(shapes=[CPU], stages=[make_stage_config(name="s", prior_rate={"cpu4": 1.0})])
+
+    def plan(rate: float, pending: int) -> int:
+        snap = make_snapshot(
+            time=100.0,
+            config=config,
+            node_counts={"cpu4": 10 - pending},
+            pending_counts={"cpu4": pending},
+            stages=[make_stage(name="s", throughput=rate, slots_busy=rate, slots_by_shape={"cpu4": rate})],
+        )
+        d = decide(snap, config, ThroughputModels(), ThroughputPolicy(), DecisionState())
+        return d.plan.target("cpu4")
+
+    # 10 nodes (40 slots), 6 of them booting. 38/s needs 38 × 1.2 = 45.6 slots: more than the 40, but the
+    # 40 serve 38 with 5% to spare — within the headroom, so nothing more is bought while nodes boot ...
+    assert plan(38.0, pending=6) == 10
+    # ... while with every node up the usual deadband (half the headroom: 41.8 slots) buys the plan's 12.
+    assert plan(38.0, pending=0) == 12
+    # Beyond the whole headroom more is bought at once, booting or not.
+    assert plan(42.0, pending=6) == 13
 
 
 def test_recent_throughput_turns_a_step_into_a_number_at_the_next_decision() -> None:
