@@ -50,10 +50,11 @@ test: install system-deps lint typecheck plugin-example
 demo: install
 	$(BIN)/raytide demo
 
+# -P: bench/ is not put first on sys.path, where bench/policies.py would shadow the policies package.
 bench: install
-	$(BIN)/python bench/decision_latency.py
-	$(BIN)/python bench/policies.py
-	$(BIN)/python bench/sim_speed.py
+	$(BIN)/python -P bench/decision_latency.py
+	$(BIN)/python -P bench/policies.py
+	$(BIN)/python -P bench/sim_speed.py
 	$(BIN)/python bench/reaction.py
 
 clean:

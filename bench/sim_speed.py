@@ -11,15 +11,21 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from autoscaler.config import Config
-from autoscaler.decision import Decision, DecisionState, decide
-from autoscaler.policy import Policy, load_policy
-from autoscaler.sim.engine import simulate
-from autoscaler.sim.results import summarize
-from autoscaler.sim.scenario import resolve_scenarios
-from autoscaler.throughput import ThroughputModels
-from autoscaler.types import Snapshot
+# Run as a script, this file's own directory comes first on sys.path, where bench/policies.py would shadow
+# the ``policies`` package the built-in policies are imported from.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if not (p and Path(p).resolve() == _HERE)]
+
+from autoscaler.config import Config  # noqa: E402
+from autoscaler.decision import Decision, DecisionState, decide  # noqa: E402
+from autoscaler.policy import Policy, load_policy  # noqa: E402
+from autoscaler.sim.engine import simulate  # noqa: E402
+from autoscaler.sim.results import summarize  # noqa: E402
+from autoscaler.sim.scenario import resolve_scenarios  # noqa: E402
+from autoscaler.throughput import ThroughputModels  # noqa: E402
+from autoscaler.types import Snapshot  # noqa: E402
 
 TARGET_SECONDS = 60.0
 
