@@ -214,7 +214,7 @@ def _requirements(
     estimates: Mapping[str, Mapping[str, RateEstimate]],
     config: Config,
     observations: Mapping[str, StageObservation] | None = None,
-    shapes: Mapping[str, NodeShape] | None = None,
+    lateness: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[StageRequirement, ...]:
     """Per stage, the target rate and a per-slot rate per shape that the planner can trust.
 
@@ -223,10 +223,11 @@ def _requirements(
     with priors on unmeasured shapes corrected by how far the priors were off on measured ones, and (4)
     charged for being less certain than the stage's best-known shape — ``× (1 + rel_best) / (1 + rel)`` —
     so a shape the plan knows little about is chosen only when it is clearly cheaper, not because its guess
-    happens to be optimistic.
+    happens to be optimistic; and (5) times ``lateness`` (stage → shape → factor, see ``_lateness``) where
+    given.
     """
     obs = observations or {}
-    shapes = shapes or {}
+    lateness = lateness or {}
     reqs = []
     for d in demands:
         if d.hold or d.target_rate <= 0:
@@ -240,7 +241,7 @@ def _requirements(
         # without inflating the cluster of a stage that is known only from priors.
         best_rel = min((max(0.0, e.rel_uncertainty) for e in ests.values()), default=0.0)
         per_slot: dict[str, float] = {}
-        late = _lateness(obs.get(d.stage), ests, shapes, config.targets.drain_seconds)
+        late = lateness.get(d.stage, {})
         for shape, raw in ests.items():
             est = _with_floor(raw, _EFFICIENCY_FLOOR, _anchor(obs.get(d.stage), shape))
             factor = calib * (bias if est.source == "prior" else 1.0) * late.get(shape, 1.0)
@@ -394,7 +395,14 @@ def decide(
         # for stages that are behind (_lateness); whether today's nodes, running or booting, already serve
         # the demand (the deadbands) is judged on the rates alone.
         plain = _requirements(demands, estimates, config, observed)
-        timed = _requirements(demands, estimates, config, observed, {s.name: s for s in snapshot.shapes})
+        by_shape = {s.name: s for s in snapshot.shapes}
+        drain = config.targets.drain_seconds
+        late = {
+            d.stage: f
+            for d in demands
+            if (f := _lateness(observed.get(d.stage), estimates.get(d.stage, {}), by_shape, drain))
+        }
+        timed = _requirements(demands, estimates, config, observed, late) if late else plain
         problem = SelectionProblem(
             shapes=snapshot.shapes,
             stages=timed,
@@ -403,7 +411,7 @@ def decide(
             # Unknown inputs: whatever the selector says, never below what runs now.
             lower={} if inputs_known else dict(current),
         )
-        held_problem = problem if timed == plain else replace(problem, stages=plain)
+        held_problem = problem if timed is plain else replace(problem, stages=plain)
         selection = select_shapes(problem)
         if inputs_known and any(selection.counts.get(n, 0) > c for n, c in current.items()):
             launching = any(int(n) > 0 for n in snapshot.pending_counts.values())
