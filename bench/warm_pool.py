@@ -28,16 +28,22 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from autoscaler.config import Config, parse_config
-from autoscaler.daemon import Daemon
-from autoscaler.policy import load_policy
-from autoscaler.ray_actuator import RayActuator
-from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType
-from autoscaler.ray_state import read_cluster_state
-from autoscaler.ray_warm_pool import RayWarmPool
-from autoscaler.state_store import StateStore
-from autoscaler.telemetry import Telemetry
-from tests.unit.daemon_fakes import FakeSource
+_HERE = Path(__file__).resolve().parent
+# `python bench/warm_pool.py` puts bench/ first on sys.path, where bench/policies.py would shadow the
+# `policies` package; the repository root makes the tests' fakes importable.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from autoscaler.config import Config, parse_config  # noqa: E402
+from autoscaler.daemon import Daemon  # noqa: E402
+from autoscaler.policy import load_policy  # noqa: E402
+from autoscaler.ray_actuator import RayActuator  # noqa: E402
+from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType  # noqa: E402
+from autoscaler.ray_state import read_cluster_state  # noqa: E402
+from autoscaler.ray_warm_pool import RayWarmPool  # noqa: E402
+from autoscaler.state_store import StateStore  # noqa: E402
+from autoscaler.telemetry import Telemetry  # noqa: E402
+from tests.unit.daemon_fakes import FakeSource  # noqa: E402
 
 CONFIG = """
 shapes:
