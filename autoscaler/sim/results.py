@@ -23,11 +23,11 @@ Definitions (all computed from the per-step record of a run; ``dt`` is the step)
   Until issue 4 this also counted steps in which the work was queued only *upstream* of a GPU stage (e.g.
   at a CPU decode stage). That definition was wrong for what the metric claims to measure: such work
   cannot run on a GPU yet, so a GPU idle then is not idle "while GPU work is queued" — it is starved by a
-  CPU stage, which SLO-miss seconds and backlog age already measure. On ``steady`` under ``throughput`` it
-  averaged GPUs over 69 s of start-up in which the GPU stage had no queue at all (0 of 7,200 steps had a
-  GPU-stage backlog), and on ``noisy_diurnal`` 1,560 of its 1,583 steps were such upstream-only steps. The
-  old figure is still reported as ``gpu_utilization_while_upstream_queued`` so the starvation stays
-  visible.
+  CPU stage, which SLO-miss seconds and backlog age already measure. On ``steady`` under ``throughput`` (as
+  it was before issue 4) it averaged GPUs over 69 s of start-up in which the GPU stage had no queue at all
+  (0 of 7,200 steps had a GPU-stage backlog), and on ``noisy_diurnal`` 1,560 of its 1,583 steps were such
+  upstream-only steps. The old figure is still reported as ``gpu_utilization_while_upstream_queued`` so
+  the starvation stays visible.
 - ``gpu_utilization_while_upstream_queued``: the same ratio over the steps in which more than the threshold
   was queued at a GPU stage *or upstream of one* (work that will need a GPU later); low values mean GPUs
   were paid for while the work that needs them sat behind a slower CPU stage. None as above.
