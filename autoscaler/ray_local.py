@@ -263,6 +263,10 @@ class LocalAutoscalingCluster:
 
     def shutdown(self) -> None:
         """Stop every Ray process on this machine and remove the config directory. Idempotent."""
+        if self._lock_file is None:
+            # Never started, or already shut down: the Ray running now (if any) is another session's,
+            # which took the lock after this one released it; `ray stop` would kill it.
+            return
         # A driver connected from this process would keep retrying a dead GCS and spam the log.
         with contextlib.suppress(Exception):
             import ray
