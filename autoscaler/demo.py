@@ -9,8 +9,9 @@ What it does, in order:
 2. runs :mod:`autoscaler.demo_pipeline` as a separate Ray Data driver: bursts of blocks through a CPU
    ``decode`` stage and a GPU ``Infer`` actor pool (sleep-based work);
 3. runs the daemon in this process (embedded scrape of Ray's exporters, a tick every ~2 s, a 20 s
-   scale-down window) and shows a live view: per-stage backlog and throughput, nodes per shape
-   (running / pending / target) and the last decisions with their reasons;
+   scale-down window, a warm pool of one standby gpu1 node that waiting GPU work claims between ticks)
+   and shows a live view: per-stage backlog and throughput, nodes per shape (running / pending / target /
+   standby) and the last decisions with their reasons;
 4. when the pipeline is done and the cluster is back at its minimum (or at the time limit) writes
    ``timeline.png`` and ``summary.json`` to the output directory;
 5. stops everything it started — the daemon, the pipeline process, the cluster (``ray stop --force``) —
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -46,6 +47,9 @@ from rich.text import Text
 from autoscaler.config import Config, parse_config
 from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType
 from autoscaler.types import Plan, Snapshot
+
+if TYPE_CHECKING:
+    from autoscaler.daemon import Daemon
 
 __all__ = [
     "DemoOptions",
@@ -81,6 +85,8 @@ prometheus: {{rate_window: 20s, staleness_seconds: 30}}
 daemon: {{interval_seconds: {interval}, observe_timeout_seconds: 8, act_timeout_seconds: 15,
          drain_share_per_tick: 0.5, drain_confirm_seconds: 60, http_port: null}}
 ray: {{floor_form: resource, use_coordinator: auto}}
+warm_pool: {{enabled: {pool_enabled}, min: {{gpu1: {standby_gpu}}}, max: {{gpu1: {standby_gpu}}},
+            claim_poll_seconds: 0.5}}
 """
 
 
@@ -96,6 +102,8 @@ class DemoOptions:
     infer_seconds: float = 1.0
     max_actors: int = 3
     interval_seconds: float = 2.0
+    standby_gpu: int = 1
+    """Standby gpu1 nodes in the warm pool (0 turns the pool off)."""
     scale_down_window_seconds: float = 20.0
     idle_timeout_minutes: float = 0.5
     time_limit_seconds: float = 270.0
@@ -118,6 +126,8 @@ def demo_config(opts: DemoOptions) -> Config:
         max_actors=opts.max_actors,
         window=opts.scale_down_window_seconds,
         interval=opts.interval_seconds,
+        pool_enabled="true" if opts.standby_gpu > 0 else "false",
+        standby_gpu=opts.standby_gpu,
     )
     return parse_config(text, "<raytide demo>")
 
@@ -134,6 +144,8 @@ class TickRecord:
     running: dict[str, int]
     pending: dict[str, int]
     target: dict[str, int]
+    standby: dict[str, int]
+    """Ready standby (warm-pool) nodes per shape, not counted in ``running``."""
     cpu_utilization: float | None
     gpu_utilization: float | None
     held: bool
@@ -174,6 +186,8 @@ class DemoRecorder:
     drains_refused: int = 0
     _last_target: dict[str, int] = field(default_factory=dict)
     """Per shape, the target of the last plan (a decision is a change of it)."""
+    warm_pool: dict[str, Any] | None = None
+    """Claims, misses and claim latencies of the warm pool (None when it is off)."""
 
     @property
     def shapes(self) -> list[str]:
@@ -197,6 +211,7 @@ class DemoRecorder:
         drained: Sequence[str] = (),
         refused: Sequence[str] = (),
         errors: Sequence[str] = (),
+        standby: Mapping[str, int] | None = None,
     ) -> list[DecisionRecord]:
         """Add one tick; returns the decisions (target changes) it made."""
         t = snapshot.time - self.started
@@ -214,6 +229,7 @@ class DemoRecorder:
                 running={s: snapshot.count(s) for s in self.shapes},
                 pending={s: int(snapshot.pending_counts.get(s, 0)) for s in self.shapes},
                 target={s: int(target.get(s, snapshot.count(s))) for s in self.shapes},
+                standby={s: int((standby or {}).get(s, 0)) for s in self.shapes},
                 cpu_utilization=_mean(cpu),
                 gpu_utilization=_mean(gpu),
                 held=plan.held,
@@ -327,6 +343,7 @@ class DemoRecorder:
             "scaled_up": any(v > minimum[s] for s, v in peak.items()),
             "scaled_back_down": bool(final) and all(final_nodes[s] <= minimum[s] for s in self.shapes),
             "drains": {"accepted": self.drains_accepted, "refused": self.drains_refused},
+            "warm_pool": self.warm_pool,
             "node_seconds": node_s,
             "cost_estimate": {
                 "per_shape_usd": cost,
@@ -367,12 +384,15 @@ class DemoRecorder:
             run = [r.running[shape] for r in self.ticks]
             pend = [r.running[shape] + r.pending[shape] for r in self.ticks]
             tgt = [r.target[shape] for r in self.ticks]
+            warm = [r.standby[shape] for r in self.ticks]
+            if any(warm):
+                a.plot(t, warm, drawstyle="steps-post", color=colors[3], label="standby", linewidth=1.0)
             a.plot(t, run, drawstyle="steps-post", color=colors[0], label="running", linewidth=1.5)
             a.plot(t, pend, drawstyle="steps-post", color=colors[1], label="+ pending", linestyle=":")
             a.plot(t, tgt, drawstyle="steps-post", color=colors[2], label="raytide target", linestyle="--")
             a.set_ylabel(f"{shape}\n(nodes)")
-            a.set_ylim(-0.2, max([*run, *pend, *tgt, 1]) + 0.5)
-            a.legend(loc="upper right", fontsize="small", ncol=3)
+            a.set_ylim(-0.2, max([*run, *pend, *tgt, *warm, 1]) + 0.5)
+            a.legend(loc="upper right", fontsize="small", ncol=4)
             for d in self.decisions:
                 if d.shape == shape:
                     a.annotate(
@@ -437,7 +457,7 @@ def render_view(
         thr = last.throughput.get(st) if last else None
         stages.add_row(st, _fmt(b, ".0f"), _fmt(thr, ".2f"))
     nodes = Table(title="nodes per shape", title_justify="left", expand=False)
-    for col in ("shape", "running", "pending", "target", "min–max", "$/h"):
+    for col in ("shape", "running", "pending", "target", "standby", "min–max", "$/h"):
         nodes.add_column(col, justify="left" if col == "shape" else "right")
     for s in rec.config.shapes:
         nodes.add_row(
@@ -445,6 +465,7 @@ def render_view(
             str(last.running[s.name]) if last else "-",
             str(last.pending[s.name]) if last else "-",
             str(last.target[s.name]) if last else "-",
+            str(last.standby[s.name]) if last else "-",
             f"{s.min}–{s.max}",
             f"{s.price_per_hour:.2f}",
         )
@@ -560,6 +581,7 @@ async def _drive(
     from autoscaler.policy import load_policy
     from autoscaler.ray_actuator import RayActuator
     from autoscaler.ray_state import ClusterState, read_cluster_state
+    from autoscaler.ray_warm_pool import RayWarmPool
     from autoscaler.scrape import FileDiscovery, RayExporterSource
     from autoscaler.state_store import StateStore
 
@@ -584,8 +606,15 @@ async def _drive(
     minimum = {s.name: s.min for s in cfg.shapes}
     ended = "time limit reached"
     min_since: float | None = None
+    claimer: asyncio.Task[None] | None = None
+    daemon: Daemon | None = None
     try:
         async with RayExporterSource(config=cfg.prometheus, discovery=FileDiscovery()) as source:
+            pool = (
+                RayWarmPool(actuator.ray_driver, {s.name: s.resources for s in cfg.node_shapes()})
+                if cfg.warm_pool.enabled
+                else None
+            )
             daemon = Daemon(
                 config=cfg,
                 policy=load_policy(cfg.policy.name, cfg.policy.options),
@@ -594,8 +623,11 @@ async def _drive(
                 actuator=actuator,
                 store=store,
                 interval_seconds=opts.interval_seconds,
+                warm_pool=pool,
             )
             await daemon.start()
+            if pool is not None:
+                claimer = asyncio.create_task(daemon.run_claims())
             status = f"daemon running (autoscaler {opts.autoscaler}, tick every {opts.interval_seconds:g} s)"
 
             def view() -> RenderableType:
@@ -608,6 +640,10 @@ async def _drive(
                 while True:
                     started = time.monotonic()
                     outcome = await daemon.tick()
+                    standby: dict[str, int] = {}
+                    for m in daemon.pool:
+                        if m.node_id:
+                            standby[m.shape] = standby.get(m.shape, 0) + 1
                     for d in rec.record(
                         tick=outcome.tick,
                         snapshot=outcome.snapshot,
@@ -615,6 +651,7 @@ async def _drive(
                         drained=outcome.drained,
                         refused=outcome.refused,
                         errors=outcome.errors,
+                        standby=standby,
                     ):
                         line = _decision_line(d)
                         recent.append(line)
@@ -663,8 +700,34 @@ async def _drive(
                 if live_mode:
                     live.update(view())
     finally:
+        if claimer is not None:
+            claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claimer
+        if daemon is not None and cfg.warm_pool.enabled:
+            rec.warm_pool = _pool_stats(daemon)
         store.close()
     return ended
+
+
+def _pool_stats(daemon: Daemon) -> dict[str, Any]:
+    """The warm pool's claims, misses and claim latency, read back from the daemon's own metrics."""
+    reg = daemon.telemetry.registry
+
+    def total(name: str) -> float:
+        return sum(
+            sample.value for metric in reg.collect() for sample in metric.samples if sample.name == name
+        )
+
+    claims = total("raytide_warm_pool_claims_total")
+    latency_sum = total("raytide_warm_pool_claim_latency_seconds_sum")
+    latency_n = total("raytide_warm_pool_claim_latency_seconds_count")
+    return {
+        "standby_at_end": [m.name for m in daemon.pool],
+        "claims": int(claims),
+        "misses": int(total("raytide_warm_pool_misses_total")),
+        "mean_claim_latency_seconds": round(latency_sum / latency_n, 3) if latency_n else None,
+    }
 
 
 def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
@@ -776,5 +839,14 @@ def _print_summary(console: Console, doc: Mapping[str, Any]) -> None:
         f"scaled back down: {'yes' if doc['scaled_back_down'] else 'no'}, errors: {len(doc['errors'])}",
         highlight=False,
     )
+    pool = doc.get("warm_pool")
+    if pool:
+        latency = pool["mean_claim_latency_seconds"]
+        console.print(
+            f"warm pool: {pool['claims']} standby node(s) claimed"
+            + (f" (mean {latency:.2f} s from seeing the need)" if latency is not None else "")
+            + f", {pool['misses']} node(s) launched cold",
+            highlight=False,
+        )
     for name, path in doc["files"].items():
         console.print(f"{name}: {path}", highlight=False)

@@ -42,21 +42,22 @@ class Infer:
         return batch
 
 
-def run_burst(blocks: int, *, decode_s: float, infer_s: float, max_actors: int) -> int:
-    """One dataset through both stages; returns the rows that came out."""
+def run_burst(blocks: int, *, decode_s: float, infer_s: float, max_actors: int, infer: bool = True) -> int:
+    """One dataset through both stages (``infer=False``: decode only); returns the rows that came out."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
     ds = ray.data.range(blocks * ROWS_PER_BLOCK, override_num_blocks=blocks)
     ds = ds.map_batches(_decode_fn(decode_s), batch_size=ROWS_PER_BLOCK, num_cpus=1)
-    ds = ds.map_batches(
-        Infer,
-        fn_constructor_args=(infer_s,),
-        batch_size=ROWS_PER_BLOCK,
-        num_cpus=1,
-        num_gpus=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
-    )
+    if infer:
+        ds = ds.map_batches(
+            Infer,
+            fn_constructor_args=(infer_s,),
+            batch_size=ROWS_PER_BLOCK,
+            num_cpus=1,
+            num_gpus=1,
+            compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
+        )
     rows = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         rows += len(batch["id"])
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-seconds", type=float, default=0.5)
     parser.add_argument("--infer-seconds", type=float, default=1.0)
     parser.add_argument("--max-actors", type=int, default=3)
+    parser.add_argument("--no-infer", action="store_true", help="run the CPU decode stage only")
     args = parser.parse_args(argv)
     bursts = [int(b) for b in args.bursts.split(",") if b.strip()]
 
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 decode_s=args.decode_seconds,
                 infer_s=args.infer_seconds,
                 max_actors=args.max_actors,
+                infer=not args.no_infer,
             )
             print(
                 f"pipeline: burst {i + 1} done: {rows} rows in {time.monotonic() - t0:.1f} s",

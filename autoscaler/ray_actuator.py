@@ -22,7 +22,9 @@ two *forms*:
 Data's ``AutoscalingCoordinator`` actor merges the requests of all its requesters and re-sends the merge
 every 20 s, so a direct call and Ray Data would keep overwriting each other. When that actor exists,
 raytide registers as one more requester there (``requester_id="raytide"``, priority LOW, refreshed by
-every ``set_target`` and expiring ``expire_after_s`` after the last one). When it does not, raytide owns
+every ``set_target`` and expiring ``expire_after_s`` after the last one; each registration also makes the
+coordinator re-read the cluster's nodes, which it otherwise does every 20 s, so that Ray Data can use the
+nodes raytide launched as soon as they join). When it does not, raytide owns
 the floor directly and says so in :attr:`FloorStatus.channel`. The coordinator also *reserves* cluster
 resources for each requester, and Ray Data sizes its work to its reservation: marker bundles reserve only
 the marker, label bundles reserve CPUs/GPUs Ray Data then does not see — another reason to prefer the
@@ -359,6 +361,24 @@ class RayActuator:
             self._ray().get(coordinator.request_resources.remote(**kwargs), timeout=self._timeout_s)
         except Exception as e:
             raise ActuatorError(f"AutoscalingCoordinator.request_resources failed: {e}") from e
+        self._refresh_coordinator(coordinator)
+
+    def _refresh_coordinator(self, coordinator: Any) -> None:
+        """Make the coordinator re-read the cluster's nodes now. Best effort: never raises.
+
+        The coordinator re-reads the nodes only on its own 20 s tick, and Ray Data sizes its work to what
+        the coordinator reserves for it, so nodes raytide's floor launched stayed unused by Ray Data for up
+        to 20 s after they joined (``bench/reaction.py``). ``get_reserved_resources(recompute=True)`` runs
+        that tick at once (Ray 2.60, ``ray/data/_internal/cluster_autoscaler/
+        default_autoscaling_coordinator.py``); it costs one node listing in the coordinator per call.
+        """
+        try:
+            self._ray().get(
+                coordinator.get_reserved_resources.remote(self._requester_id, recompute=True),
+                timeout=self._timeout_s,
+            )
+        except Exception as e:  # e.g. a Ray without `recompute`: Ray Data then waits for the 20 s tick
+            log.debug("AutoscalingCoordinator refresh failed: %s", e)
 
     def _send_direct(self, bundles: list[dict[str, float]], selectors: list[dict[str, str]]) -> None:
         # ray.autoscaler.sdk.request_resources needs a driver and trusts a per-process cache of the

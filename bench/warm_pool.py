@@ -119,7 +119,7 @@ async def _phase(
                 started, node = await asyncio.to_thread(ray.get, ref, timeout=boot * 6 + 60)
                 times.append(started - t0)
                 mode = "warm" if warm else "cold"
-                say(f"{mode} jump {i + 1}/{jumps}: usable after {times[-1]:.2f} s on node {node[:8]}")
+                say(f"{mode} jump {i + 1}/{jumps}: usable after {times[-1]:.2f} s on node …{node[-6:]}")
         finally:
             daemon.request_stop()
             await asyncio.wait_for(task, timeout=60)
