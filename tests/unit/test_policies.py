@@ -585,3 +585,26 @@ def test_recent_throughput_is_exact_with_the_slice_that_left_the_window() -> Non
     assert recent_throughput(now, before, 60.0, 15.0, left=100.0) == 300.0
     # Without it the previous window's mean stands in: exact only for a rate steady before the last 15 s.
     assert recent_throughput(now, before, 60.0, 15.0) == 325.0
+
+
+def test_throughput_state_is_json_and_tolerates_garbage() -> None:
+    from types import MappingProxyType
+
+    from autoscaler.decision import DecisionState
+
+    cfg = config(stages=stage_cfgs())
+
+    def snap_at(t: float, tp: float) -> Any:
+        stage = make_stage(name="decode", backlog=0, throughput=tp, slots_busy=4, slots_by_shape={"cpu4": 4})
+        return make_snapshot(time=t, config=cfg, nodes=make_nodes(shape="cpu4", count=4), stages=[stage])
+
+    state = DecisionState()
+    for i in range(7):
+        state = run_policy(ThroughputPolicy(), snap_at(15.0 * i, 20.0), cfg, state=state).state
+    kept = json.loads(json.dumps(dict(state.policy_state)))
+    assert kept == dict(state.policy_state)
+    assert len(kept["history"]["decode"]) >= 4  # a rate window of per-decision throughputs
+    for garbage in ({"history": "x", "backlog": 3}, {"history": {"decode": [[1, "a", 2], None, [1.0]]}}):
+        bad = DecisionState(policy_state=MappingProxyType(garbage))
+        plan = run_policy(ThroughputPolicy(), snap_at(200.0, 20.0), cfg, state=bad).plan
+        assert not plan.held
