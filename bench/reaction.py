@@ -28,6 +28,16 @@ moment the job's driver starts executing the dataset:
 Between steps the job is stopped cleanly (so Ray Data cancels its coordinator request), raytide's floor is
 withdrawn, and Ray's idle timeout brings the cluster back to the one warm node.
 
+Before each step Ray Data's coordinator is made to re-read the cluster (see ``refresh_coordinator``), so
+neither arm inherits the previous step's nodes in the coordinator's stale view.
+
+What bounds raytide here: its one floor asks for every node at once, but the autoscaler launches at most
+``ceil(upscaling_speed × running nodes of the type)`` per round (v2: ``ray/autoscaler/v2/instance_manager/
+reconciler.py``; v1 allows at least 5), so with Ray's default ``upscaling_speed: 1`` and one warm node the
+floor of four arrives in two launch rounds, a launch delay apart (``--upscaling-speed`` changes it for
+both arms). The fake provider also starts the raylets of one request one after another
+(``ray/autoscaler/_private/fake_multi_node/node_provider.py``), a second or two each on a small machine.
+
 Progress goes to stderr; the last stdout line is one JSON object. Ray Data facts this relies on (Ray 2.60,
 ``ray/data/_internal``): ``cluster_autoscaler/rate_based_cluster_autoscaler.py`` (requests at most every
 10 s, 2x the current throughput, only while utilization >= 50%); ``actor_autoscaler/
@@ -314,6 +324,10 @@ class StepResult:
     censored: bool
     workers_seen: int
     floors: list[tuple[float, int]] = field(default_factory=list)
+    node_times: list[float | None] = field(default_factory=list)
+    """Seconds until 2, 3, ... gpu1 nodes were alive."""
+    worker_times: list[float] = field(default_factory=list)
+    """Seconds until each Infer worker started its first batch."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -325,6 +339,8 @@ class StepResult:
             "censored": self.censored,
             "workers_seen": self.workers_seen,
             "raytide_floors": [[round(t, 2), n] for t, n in self.floors],
+            "nodes_alive_s": [_r(t) for t in self.node_times],
+            "workers_busy_s": [_r(t) for t in self.worker_times],
         }
 
 
@@ -341,6 +357,23 @@ def wait_for_baseline(address: str, timeout_s: float) -> None:
         return s.node_counts().get("gpu1", 0) == 1 and not s.pending_counts()
 
     wait_until(at_baseline, timeout_s=timeout_s, interval_s=1.0, what="the cluster back to one gpu1 node")
+
+
+def refresh_coordinator(actuator: Any) -> None:
+    """Make Ray Data's coordinator re-read the cluster before a step, whichever arm runs it.
+
+    It re-reads the nodes only every 20 s; right after the previous step's nodes were removed it would
+    still reserve their GPUs, and Ray Data's first request (twice its current throughput, computed on
+    those phantom GPUs) would launch the whole step at once — a head start neither arm has in practice.
+    """
+    from autoscaler.ray_actuator import COORDINATOR_NAME, COORDINATOR_NAMESPACE
+
+    try:
+        ray = actuator.ray_driver()
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=COORDINATOR_NAMESPACE)
+        ray.get(coordinator.get_reserved_resources.remote("reaction-bench", recompute=True), timeout=30)
+    except Exception as e:
+        log(f"could not refresh Ray Data's coordinator: {e}")
 
 
 def run_step(
@@ -431,6 +464,11 @@ def run_step(
         censored=capacity is None,
         workers_seen=len(firsts),
         floors=floors,
+        node_times=[
+            next((p.t - start for p in poller.polls if p.t >= start and p.gpu_nodes >= k), None)
+            for k in range(2, args.gpus + 1)
+        ],
+        worker_times=[t - start for t in firsts],
     )
     log(
         f"step {index} {arm}: request {_r(request)} s, {args.gpus} nodes {_r(ready)} s, "
@@ -460,6 +498,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         autoscaler_v2=args.autoscaler == "v2",
         head_resources={"CPU": HEAD_CPUS},
         idle_timeout_minutes=args.idle_timeout_minutes,
+        upscaling_speed=args.upscaling_speed,
         launch_delay_s=args.launch_delay,
         # The dashboard writes /tmp/ray/prom_metrics_service_discovery.json, where raytide's embedded
         # scrape finds Ray's exporters (ray/dashboard/modules/reporter/reporter_head.py).
@@ -486,6 +525,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             for arm in arms:
                 log(f"step {i} {arm}: waiting for the cluster to settle at one gpu1 node")
                 wait_for_baseline(address, timeout_s=300)
+                refresh_coordinator(raytide.actuator)
                 time.sleep(args.settle)
                 results.append(
                     run_step(
@@ -521,6 +561,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "launch_delay_s": args.launch_delay,
         "infer_seconds": args.infer_seconds,
         "autoscaler": args.autoscaler,
+        "upscaling_speed": args.upscaling_speed,
         "metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS,
         "daemon_interval_s": args.interval,
         "wall_s": round(time.monotonic() - t_begin, 1),
@@ -539,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="raytide's tick interval")
     parser.add_argument("--autoscaler", choices=("v1", "v2"), default="v2")
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.2)
+    parser.add_argument("--upscaling-speed", type=float, default=1.0, help="the autoscaler's (Ray's default)")
     parser.add_argument("--max-wait", type=float, default=150.0, help="seconds a step may take at most")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds at the baseline before a step")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
