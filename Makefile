@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python -P bench/policies.py
 	$(BIN)/python -P bench/sim_speed.py
 	$(BIN)/python bench/reaction.py
+	$(BIN)/python bench/warm_pool.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

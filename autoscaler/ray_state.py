@@ -364,8 +364,13 @@ def _build_state(
             pending.append(
                 PendingLaunch(req.ray_node_type_name, int(req.count), "requested", req.details or "")
             )
+        # A node whose raylet has registered can still be listed as a pending instance until the
+        # autoscaler's next reconcile: counting it twice would make a plan look over the shape's max.
+        alive_instances = {n.instance_id for n in nodes if n.instance_id and n.alive}
         for info in status.pending_nodes:
             if info.ray_node_type_name == live_head_type:
+                continue
+            if info.instance_id and str(info.instance_id) in alive_instances:
                 continue
             pending.append(PendingLaunch(info.ray_node_type_name, 1, "starting", info.details or ""))
         for req in status.failed_launches:

@@ -39,6 +39,15 @@ targets are applied: launches get a launch delay drawn per shape (the k-th launc
 delay under every policy); removals take idle nodes first (longest idle first), then cancel pending
 launches (newest first), then drain the least-loaded busy nodes.
 
+Warm pool: with ``warm_pool.enabled`` in the scenario's configuration, after every decision that was not
+held the pool is sized by :func:`autoscaler.warm_pool.pool_targets` — the function the daemon runs — from
+the plan history (lead time: the configured ``launch_seconds``; the sim does not feed observed launches
+back) and topped up (standby nodes are launched and billed like any node) or trimmed (standby nodes
+without a node yet first). A scale-up takes ready standby nodes first (usable at once) and launches
+the rest cold; each claimed node is replaced in the background. Not modelled: claims for waiting work
+*between* decisions (the daemon's claim loop), so a claim waits for the next decision here. The
+``ray-default`` policy never gets a pool: it stands for Ray as users run it today, which has none.
+
 Billing runs from the launch request to removal (a cloud bills a booting instance); capacity only from the
 moment the launch delay has elapsed. Everything random comes from the scenario seed, so a run is a pure
 function of (scenario, policy).
@@ -63,6 +72,10 @@ from autoscaler.policy import Policy
 from autoscaler.sim.scenario import Scenario, lognormal_noise, parse_duration
 from autoscaler.throughput import ThroughputModels
 from autoscaler.types import Node, NodeShape, Reading, Snapshot, StageObservation, frozen_map
+from autoscaler.warm_pool import PoolMemory, pool_targets
+
+_NO_POOL_POLICIES = frozenset({"ray-default"})
+"""Policies that stand for Ray without raytide: no warm pool for them, whatever the configuration says."""
 
 __all__ = ["DecideFn", "DecisionRecord", "NodeLog", "SimRun", "Simulation", "simulate"]
 
@@ -341,6 +354,8 @@ class Simulation:
         self.launch_mean = [scenario.launch_mean(n) for n in self.shape_names]
         self.launch_jitter = [scenario.world_shape(n).launch_jitter for n in self.shape_names]
         self.standby = [scenario.world_shape(n).standby for n in self.shape_names]
+        self.pool_on = cfg.warm_pool.enabled and policy.name not in _NO_POOL_POLICIES
+        self.pool_memory = PoolMemory()
         self.drain_seconds = scenario.world.drain_seconds
         self.window_steps = max(1, round(_rate_window_seconds(cfg) / self.dt))
 
@@ -375,6 +390,27 @@ class Simulation:
                 self._request(si, t, in_pool=True)
             else:
                 self._request(si, t, in_pool=False)
+
+    def _size_pool(self, target: Mapping[str, int], t: float) -> None:
+        """Top the warm pool up to, or trim it down to, what the daemon's sizing asks for."""
+        cfg = self.config
+        self.pool_memory.remember_plan(t, target, cfg.warm_pool.history_seconds)
+        want = pool_targets(cfg, self.pool_memory, target).counts
+        tab = self.table
+        for si, name in enumerate(self.shape_names):
+            st = self.ss[si]
+            have = len(st.pool) + len(st.pool_pending)
+            goal = int(want.get(name, 0))
+            for _ in range(goal - have):
+                self._request(si, t, in_pool=True)
+            extra = have - goal
+            for nid in sorted(st.pool_pending, reverse=True)[: max(0, extra)]:
+                tab.removed[nid] = t
+                st.pool_pending.discard(nid)
+                extra -= 1
+            while extra > 0 and st.pool:
+                tab.removed[st.pool.pop()] = t
+                extra -= 1
 
     def _make_live(self, si: int, nid: int) -> None:
         st = self.ss[si]
@@ -784,6 +820,8 @@ class Simulation:
                 rec, state = self._decide(snap, state)
                 decisions.append(rec)
                 self._apply(rec.target, snap, t_end)
+                if self.pool_on and not rec.held:
+                    self._size_pool(rec.target, t_end)
                 next_event = self._next_event()
                 billed_dirty = True
                 if self.progress is not None:

@@ -196,6 +196,26 @@ def test_standby_pool_gives_instant_nodes_and_is_replenished() -> None:
     assert (log.ready[later] >= 15 + 100).all()
 
 
+def test_warm_pool_is_sized_by_the_daemons_function_billed_and_never_given_to_ray_default() -> None:
+    sc = scenario(**{"config.warm_pool": {"enabled": True, "min": {"gpu1": 2}}, "duration": 600})
+    run = simulate(sc, Schedule([(15, {"gpu1": 3})]))
+    log = run.nodes
+    gpu = 1
+    pool_launches = (log.shape == gpu) & (log.requested == 15) & ~np.isfinite(log.joined)
+    # At the first decision: 2 standby requested (the plan's own 2 extra gpu1 launch cold).
+    assert pool_launches.sum() >= 2
+    assert run.billed[20, gpu] >= run.live[20, gpu] + 2, "standby nodes are billed"
+    assert run.live[20, gpu] == 1, "standby nodes are not the plan's capacity"
+    # The standby nodes are ready by the time the plan asks for more: the next rise takes them at once.
+    run2 = simulate(sc, Schedule([(15, {"gpu1": 1}), (300, {"gpu1": 3})]))
+    assert run2.live[300, gpu] == 3
+    # ray-default stands for Ray without raytide: no pool even with the configuration on.
+    from autoscaler.policy import load_policy
+
+    assert Simulation(sc, Schedule([])).pool_on
+    assert not Simulation(sc, load_policy("ray-default")).pool_on
+
+
 def test_scenario_parsing_reports_problems_with_lines() -> None:
     assert parse_duration("1h30m") == 5400
     assert parse_duration("90s") == 90
