@@ -629,16 +629,7 @@ class Daemon:
         actions: list[Action] = []
         for m in (*pool_plan.claims, *pool_plan.retire):
             why = "claim" if m in pool_plan.claims else "retire"
-            actions.append(
-                self._intended(
-                    f"unwarm:{m.name}",
-                    "unwarm",
-                    shape=m.shape,
-                    node_id=m.node_id,
-                    payload={"name": m.name, "pg_id": m.pg_id, "reason": why},
-                    now=now,
-                )
-            )
+            actions.append(self._unwarm(m, why, now))
             mem.pool.members.pop(m.name, None)
         for m in pool_plan.create:
             actions.append(
@@ -647,6 +638,28 @@ class Daemon:
             mem.pool.members[m.name] = m
             mem.pool.next_serial = max(mem.pool.next_serial, m.serial + 1)
         return actions
+
+    def _unwarm(self, m: Standby, why: str, now: float) -> Action:
+        """The write-ahead record of removing placeholder ``m`` (a claim, a retirement or an orphan)."""
+        return self._intended(
+            f"unwarm:{m.name}",
+            "unwarm",
+            shape=m.shape,
+            node_id=m.node_id,
+            payload={"name": m.name, "pg_id": m.pg_id, "reason": why},
+            now=now,
+        )
+
+    async def _begin(self, a: Action) -> None:
+        await asyncio.to_thread(
+            self._store.begin_action,
+            a.key,
+            kind=a.kind,
+            shape=a.shape,
+            node_id=a.node_id,
+            payload=a.payload,
+            time=a.created,
+        )
 
     async def _pool_changes(self, pool_plan: PoolPlan, now: float, errors: list[str]) -> None:
         assert self._pool is not None
@@ -751,16 +764,7 @@ class Daemon:
         mem.pool_pending = []
         for p in orphans:
             why = "removal interrupted by a restart" if p.name in unwarm_pending else "orphan"
-            key = f"unwarm:{p.name}"
-            await asyncio.to_thread(
-                self._store.begin_action,
-                key,
-                kind="unwarm",
-                shape=p.shape,
-                node_id=p.node_id,
-                payload={"name": p.name, "pg_id": p.pg_id, "reason": why},
-                time=now,
-            )
+            await self._begin(self._unwarm(p.as_standby(), why, now))
             errors: list[str] = []
             removed = await self._remove_placeholder(p.as_standby(), why, errors)
             mem.pool.members.pop(p.name, None)  # an orphan is never ours, even when its removal failed
@@ -849,16 +853,7 @@ class Daemon:
         for m in claims:
             if m.name not in mem.pool.members:
                 continue  # a tick claimed it meanwhile
-            key = f"unwarm:{m.name}"
-            await asyncio.to_thread(
-                self._store.begin_action,
-                key,
-                kind="unwarm",
-                shape=m.shape,
-                node_id=m.node_id,
-                payload={"name": m.name, "pg_id": m.pg_id, "reason": "claim (waiting work)"},
-                time=now,
-            )
+            await self._begin(self._unwarm(m, "claim (waiting work)", now))
             mem.pool.members.pop(m.name, None)
             if await self._remove_placeholder(m, "claim", errors):
                 done.append(m.name)
