@@ -55,8 +55,8 @@ bench: install
 	$(BIN)/python -P bench/decision_latency.py
 	$(BIN)/python -P bench/policies.py
 	$(BIN)/python -P bench/sim_speed.py
-	$(BIN)/python bench/reaction.py
-	$(BIN)/python bench/warm_pool.py
+	$(BIN)/python -P bench/reaction.py
+	$(BIN)/python -P bench/warm_pool.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

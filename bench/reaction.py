@@ -11,6 +11,12 @@ head has 2 CPUs for the read tasks) runs the same step several times, alternatin
 ``raytide``
     the same, with the raytide daemon running (in this process: the real embedded metrics scrape of
     Ray's exporters, the real GCS view, the real actuator registering with Ray Data's coordinator).
+``raytide_pool`` (with ``--warm-pool N``, N > 0; the default is ``--gpus`` - 1)
+    the same daemon with a warm pool of N standby gpu1 nodes (``warm_pool: {min: N, max: N}``), filled
+    before the step starts. The job's pending actors, or raytide's own plan, claim them; the standby
+    nodes cost N node-hours per hour while idle (reported). The cluster's gpu1 maximum is ``--gpus`` + N
+    so the pool can refill while the plan uses ``--gpus`` nodes; the other arms never ask for more than
+    ``--gpus``.
 
 A step is one Ray Data job: ``range`` (``--blocks`` blocks) → ``map_batches(Infer, num_gpus=1,
 compute=ActorPoolStrategy(min_size=1, max_size=--gpus))``, each batch a ``--infer-seconds`` sleep, far more
@@ -20,13 +26,16 @@ moment the job's driver starts executing the dataset:
 - ``request_s``: until a request for more GPU nodes reaches the autoscaler — for raytide, when its floor
   with more than the warm node returned from the coordinator (which forwards it to the autoscaler
   synchronously); for the built-in arm, when the autoscaler's floor (read from the GCS every 0.5 s)
-  first asks for more GPUs than the warm node has.
-- ``nodes_ready_s``: until ``--gpus`` gpu1 nodes are alive in the GCS.
+  first asks for more GPUs than the warm node has; for ``raytide_pool``, when the first standby node was
+  claimed (its placeholder removal sent).
+- ``nodes_ready_s``: until ``--gpus`` gpu1 nodes are alive in the GCS (for ``raytide_pool`` at once: the
+  standby nodes are alive before the step).
 - ``capacity_usable_s``: until ``--gpus`` distinct Infer actors have started their first batch (each
   actor appends the time to an events file on its first call) — the capacity the step needs, in use.
 
 Between steps the job is stopped cleanly (so Ray Data cancels its coordinator request), raytide's floor is
-withdrawn, and Ray's idle timeout brings the cluster back to the one warm node.
+withdrawn, the standby placeholders are removed, and Ray's idle timeout brings the cluster back to the one
+warm node; every arm starts from there. The arms take turns going first.
 
 Before each step Ray Data's coordinator is made to re-read the cluster (see ``refresh_coordinator``), so
 neither arm inherits the previous step's nodes in the coordinator's stale view.
@@ -35,7 +44,7 @@ What bounds raytide here: its one floor asks for every node at once, but the aut
 ``ceil(upscaling_speed × running nodes of the type)`` per round (v2: ``ray/autoscaler/v2/instance_manager/
 reconciler.py``; v1 allows at least 5), so with Ray's default ``upscaling_speed: 1`` and one warm node the
 floor of four arrives in two launch rounds, a launch delay apart (``--upscaling-speed`` changes it for
-both arms). The fake provider also starts the raylets of one request one after another
+every arm). The fake provider also starts the raylets of one request one after another
 (``ray/autoscaler/_private/fake_multi_node/node_provider.py``), a second or two each on a small machine.
 
 Progress goes to stderr; the last stdout line is one JSON object. Ray Data facts this relies on (Ray 2.60,
@@ -62,13 +71,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # `python bench/reaction.py` puts bench/ first on sys.path, where bench/policies.py would shadow the
 # `policies` package the daemon loads its policy from; the repository root goes there instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
+
+if TYPE_CHECKING:
+    from autoscaler.ray_warm_pool import RayWarmPool
 
 ROWS_PER_BLOCK = 4
 HEAD_CPUS = 2  # an int: `ray start --num-cpus` rejects "2.0"
@@ -204,24 +216,27 @@ def read_events(path: Path) -> tuple[float | None, list[float]]:
 # ------------------------------------------------------------------------------------------ raytide arm
 
 
-def daemon_config(gpus: int, infer_s: float, interval_s: float) -> Any:
+def daemon_config(gpus: int, infer_s: float, interval_s: float, pool: int = 0) -> Any:
+    """The daemon's configuration; with ``pool`` > 0, that many standby gpu1 nodes beside the plan (the
+    stage's ``max_slots`` keeps the plan itself at ``gpus`` nodes, as the job's actor pool)."""
     from autoscaler.config import parse_config
 
+    warm = f"warm_pool: {{enabled: true, min: {{gpu1: {pool}}}, max: {{gpu1: {pool}}}}}\n" if pool > 0 else ""
     text = f"""
 shapes:
-  - {{name: gpu1, resources: {{CPU: 1, GPU: 1}}, price_per_hour: 1.0, min: 1, max: {gpus},
+  - {{name: gpu1, resources: {{CPU: 1, GPU: 1}}, price_per_hour: 1.0, min: 1, max: {gpus + pool},
      launch_seconds: 10}}
 stages:
   - {{name: infer, operator: "MapBatches\\\\(Infer\\\\)", resources: {{CPU: 1, GPU: 1}},
      prior_rate: {{gpu1: {1.0 / infer_s:.4f}}}, max_slots: {gpus}}}
 ignore_operators: "^(Input|InputDataBuffer|ReadRange)(_\\\\d+)?$"
 targets: {{drain_seconds: 20, headroom: 0.2}}
-bounds: {{max_nodes: {gpus}, max_step_down: 2, scale_down_window_seconds: 60}}
+bounds: {{max_nodes: {gpus + pool}, max_step_down: 2, scale_down_window_seconds: 60}}
 prometheus: {{rate_window: 20s, staleness_seconds: 30}}
 daemon: {{interval_seconds: {interval_s}, observe_timeout_seconds: 8, act_timeout_seconds: 15,
          drain_share_per_tick: 0.5, drain_confirm_seconds: 60, http_port: null}}
 ray: {{floor_form: resource, use_coordinator: auto}}
-"""
+{warm}"""
     return parse_config(text, "<reaction bench>")
 
 
@@ -246,6 +261,20 @@ class RaytideRunner:
         self.actuator = TimedActuator.from_shapes(
             address, cfg.node_shapes(), floor_form="resource", use_coordinator="auto"
         )
+        self.claims: list[float] = []
+        """When each placeholder removal (a claim, or a retirement) was sent."""
+        self.pool: RayWarmPool | None = None
+        if cfg.warm_pool.enabled:
+            from autoscaler.ray_warm_pool import RayWarmPool
+
+            class TimedWarmPool(RayWarmPool):
+                def remove(self, name: str, pg_id: str | None = None) -> bool:
+                    outer.claims.append(time.time())
+                    return super().remove(name, pg_id)
+
+            self.pool = TimedWarmPool(
+                self.actuator.ray_driver, {s.name: s.resources for s in cfg.node_shapes()}
+            )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._daemon: Any = None
         self._thread: threading.Thread | None = None
@@ -257,6 +286,7 @@ class RaytideRunner:
 
     def start(self, run_id: str) -> None:
         self.floors.clear()
+        self.claims.clear()
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, args=(run_id,), name="raytide", daemon=True)
         self._thread.start()
@@ -291,6 +321,7 @@ class RaytideRunner:
                     cluster=read,
                     actuator=self.actuator,
                     store=store,
+                    warm_pool=self.pool,
                 )
                 await self._daemon.start()
                 self._ready.set()
@@ -348,15 +379,26 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-def wait_for_baseline(address: str, timeout_s: float) -> None:
+def wait_for_baseline(address: str, timeout_s: float, standby: RayWarmPool | None = None, n: int = 0) -> None:
+    """Until one active gpu1 node is alive and nothing is pending; with ``standby``, also ``n`` standby
+    nodes held by that pool's placeholders (1 + ``n`` gpu1 nodes in all)."""
     from autoscaler.ray_local import wait_until
     from autoscaler.ray_state import read_cluster_state
 
     def at_baseline() -> bool:
         s = read_cluster_state(address)
-        return s.node_counts().get("gpu1", 0) == 1 and not s.pending_counts()
+        if s.node_counts().get("gpu1", 0) != 1 + n or s.pending_counts():
+            return False
+        return standby is None or sum(1 for p in standby.list() if p.state == "CREATED") == n
 
-    wait_until(at_baseline, timeout_s=timeout_s, interval_s=1.0, what="the cluster back to one gpu1 node")
+    what = f"the cluster at one gpu1 node{f' and {n} standby' if n else ''}"
+    wait_until(at_baseline, timeout_s=timeout_s, interval_s=1.0, what=what)
+
+
+def clear_standby(pool: RayWarmPool) -> None:
+    """Remove every standby placeholder (they are detached and outlive the daemon that made them)."""
+    for p in pool.list():
+        pool.remove(p.name, p.pg_id)
 
 
 def refresh_coordinator(actuator: Any) -> None:
@@ -384,10 +426,12 @@ def run_step(
     args: argparse.Namespace,
     workdir: Path,
     raytide: RaytideRunner | None,
+    running: bool = False,
 ) -> StepResult:
+    """One step; ``running``: the daemon was started before (to fill its warm pool), not here."""
     events = workdir / f"step{index}-{arm}.events"
-    if raytide is not None:
-        raytide.start(f"{index}")
+    if raytide is not None and not running:
+        raytide.start(f"{arm}-{index}")
         # A daemon runs all the time: give it a few ticks of history before the step.
         deadline = time.monotonic() + 60
         while raytide.ticks() < 3 and time.monotonic() < deadline:
@@ -452,7 +496,11 @@ def run_step(
             for i, (t, n, _) in enumerate(raytide.floors)
             if i == 0 or raytide.floors[i - 1][1] != n
         ]
-        request = next((t - start for t, n, _ in raytide.floors if t >= start and n > 1), None)
+        if raytide.pool is not None:
+            # The floor holds plan + standby all along; the request that matters is the first claim.
+            request = next((t - start for t in raytide.claims if t >= start), None)
+        else:
+            request = next((t - start for t, n, _ in raytide.floors if t >= start and n > 1), None)
     else:
         request = next((p.t - start for p in poller.polls if p.t >= start and p.floor_gpus > 1), None)
     result = StepResult(
@@ -492,7 +540,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("text", "INFO")  # the daemon's one line per tick, on stderr
     logging.getLogger("ray").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scraped exporter otherwise
-    types = [LocalNodeType("gpu1", {"CPU": 1, "GPU": 1}, min_workers=1, max_workers=args.gpus)]
+    # Room for the plan and the standby nodes beside it (the built-in arm's job never asks past --gpus).
+    types = [
+        LocalNodeType("gpu1", {"CPU": 1, "GPU": 1}, min_workers=1, max_workers=args.gpus + args.warm_pool)
+    ]
     cluster = LocalAutoscalingCluster(
         types,
         autoscaler_v2=args.autoscaler == "v2",
@@ -520,11 +571,31 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         args.max_wait = 20.0
         run_step("warmup", 0, address=address, args=args, workdir=workdir, raytide=None)
         args.max_wait = saved
+        pooled: RaytideRunner | None = None
+        arms = ["builtin", "raytide"]
+        if args.warm_pool > 0:
+            pooled = RaytideRunner(
+                address, daemon_config(args.gpus, args.infer_seconds, args.interval, args.warm_pool), workdir
+            )
+            arms.append("raytide_pool")
         for i in range(1, args.steps + 1):
-            arms = ("builtin", "raytide") if i % 2 else ("raytide", "builtin")
-            for arm in arms:
+            k = (i - 1) % len(arms)  # each arm goes first once in every len(arms) steps
+            for arm in arms[k:] + arms[:k]:
+                runner = {"builtin": None, "raytide": raytide, "raytide_pool": pooled}[arm]
+                if pooled is not None and pooled.pool is not None:
+                    clear_standby(pooled.pool)
                 log(f"step {i} {arm}: waiting for the cluster to settle at one gpu1 node")
                 wait_for_baseline(address, timeout_s=300)
+                if runner is not None and runner is pooled:
+                    # Every arm starts from the same cluster; the pool is then filled before the step.
+                    log(f"step {i} {arm}: the daemon fills its pool of {args.warm_pool} standby gpu1 nodes")
+                    runner.start(f"{arm}-{i}")
+                    try:
+                        assert runner.pool is not None
+                        wait_for_baseline(address, timeout_s=300, standby=runner.pool, n=args.warm_pool)
+                    except BaseException:
+                        runner.stop()
+                        raise
                 refresh_coordinator(raytide.actuator)
                 time.sleep(args.settle)
                 results.append(
@@ -534,16 +605,24 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                         address=address,
                         args=args,
                         workdir=workdir,
-                        raytide=raytide if arm == "raytide" else None,
+                        raytide=runner,
+                        running=runner is pooled and runner is not None,
                     )
                 )
+
+    def usable(arm: str) -> float | None:
+        # A censored step (the capacity never became usable within --max-wait) counts as --max-wait, a
+        # lower bound: for the built-in arm that understates its time, for raytide it overstates it.
+        return _median(
+            [r.capacity_usable_s if not r.censored else args.max_wait for r in results if r.arm == arm]
+        )
+
     mine = [r for r in results if r.arm == "raytide"]
     theirs = [r for r in results if r.arm == "builtin"]
-    # A censored step (the capacity never became usable within --max-wait) counts as --max-wait, a lower
-    # bound: for the built-in arm that understates its time, for raytide it overstates it.
-    rt = _median([r.capacity_usable_s if not r.censored else args.max_wait for r in mine])
-    bi = _median([r.capacity_usable_s if not r.censored else args.max_wait for r in theirs])
+    pool_steps = [r for r in results if r.arm == "raytide_pool"]
+    rt, bi, wp = usable("raytide"), usable("builtin"), usable("raytide_pool")
     ratio = round(rt / bi, 3) if rt is not None and bi else None
+    ratio_pool = round(wp / bi, 3) if wp is not None and bi else None
     return {
         "benchmark": "reaction",
         "raytide_capacity_usable_median_s": rt,
@@ -551,8 +630,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": ratio,
         "target_ratio_max": 0.5,
         "target_met": ratio is not None and ratio <= 0.5,
+        "raytide_pool_capacity_usable_median_s": wp,
+        "ratio_warm_pool": ratio_pool,
+        "target_met_warm_pool": ratio_pool is not None and ratio_pool <= 0.5,
+        "warm_pool_standby_nodes": args.warm_pool,
+        "warm_pool_standby_cost_per_hour": float(args.warm_pool) * 1.0,
         "raytide_request_median_s": _median([r.request_s for r in mine]),
         "builtin_request_median_s": _median([r.request_s for r in theirs]),
+        "raytide_pool_first_claim_median_s": _median([r.request_s for r in pool_steps]),
         "raytide_nodes_ready_median_s": _median([r.nodes_ready_s for r in mine]),
         "builtin_nodes_ready_median_s": _median([r.nodes_ready_s for r in theirs]),
         "censored_steps": sum(1 for r in results if r.censored),
@@ -581,6 +666,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autoscaler", choices=("v1", "v2"), default="v2")
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.2)
     parser.add_argument("--upscaling-speed", type=float, default=1.0, help="the autoscaler's (Ray's default)")
+    parser.add_argument(
+        "--warm-pool",
+        type=int,
+        default=None,
+        help="standby gpu1 nodes in the raytide_pool arm (default: --gpus - 1; 0: no such arm)",
+    )
     parser.add_argument("--max-wait", type=float, default=150.0, help="seconds a step may take at most")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds at the baseline before a step")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
@@ -593,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--gpus must be >= 2 (one node is always warm)")
     if args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.warm_pool is None:
+        args.warm_pool = args.gpus - 1
+    if args.warm_pool < 0:
+        parser.error("--warm-pool must be >= 0")
     print(json.dumps(bench(args)), flush=True)
     return 0
 
