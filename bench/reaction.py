@@ -84,8 +84,9 @@ if TYPE_CHECKING:
 
 ROWS_PER_BLOCK = 4
 HEAD_CPUS = 2  # an int: `ray start --num-cpus` rejects "2.0"
-METRICS_REPORT_INTERVAL_MS = 2000
-"""Ray reports metrics every 10 s by default; this cluster reports every 2 s (as ``raytide demo``)."""
+METRICS_REPORT_INTERVAL_MS = 4000
+"""Ray reports metrics every 10 s by default; this cluster reports every 4 s (as ``raytide demo``; below 2.5 s
+Ray Data's gauges flicker, see docs/architecture.md)."""
 
 
 def log(msg: str) -> None:
