@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -364,3 +365,25 @@ def test_values_breaking_their_types_are_refused_when_encoding() -> None:
         encode(half_node)
     with pytest.raises(TypeError, match="expected a Snapshot or a Plan"):
         encode("plan")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------ stored documents
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(
+    ("name", "decode", "value"),
+    [
+        ("snapshot_v1.json", decode_snapshot, sample_snapshot(5)),
+        ("plan_v1.json", decode_plan, sample_plan(5)),
+    ],
+)
+def test_documents_stored_by_version_1_still_load_and_are_written_the_same(
+    name: str, decode: Callable[[str], Snapshot | Plan], value: Snapshot | Plan
+) -> None:
+    # The state store holds these documents across upgrades; round trips alone would not notice a
+    # changed layout, so the bytes a version-1 build wrote are kept here.
+    text = (DATA / name).read_text(encoding="utf-8").strip()
+    assert decode(text) == value
+    assert encode(value) == text
