@@ -402,7 +402,12 @@ def decide(
             for d in demands
             if (f := _lateness(observed.get(d.stage), estimates.get(d.stage, {}), by_shape, drain))
         }
-        timed = _requirements(demands, estimates, config, observed, late) if late else plain
+        timed = plain
+        if late:
+            # Only the stages that are behind change: recomputing the others doubled this step's cost.
+            behind = tuple(d for d in demands if d.stage in late)
+            redone = {r.name: r for r in _requirements(behind, estimates, config, observed, late)}
+            timed = tuple(redone.get(r.name, r) for r in plain)
         problem = SelectionProblem(
             shapes=snapshot.shapes,
             stages=timed,

@@ -128,15 +128,20 @@ def _histories(raw: object) -> dict[str, list[list[float]]]:
     if isinstance(raw, Mapping):
         for k, v in raw.items():
             if isinstance(v, list):
-                rows = [
-                    [float(x) for x in row]
-                    for row in v
-                    if isinstance(row, list | tuple)
-                    and len(row) == 3
-                    and all(isinstance(x, int | float) and math.isfinite(x) for x in row)
-                ]
-                out[str(k)] = rows
+                out[str(k)] = [r for row in v if (r := _history_row(row)) is not None]
     return out
+
+
+def _history_row(row: object) -> list[float] | None:
+    # Unrolled: this runs for every remembered row of every stage on every decision.
+    if not (isinstance(row, list | tuple) and len(row) == 3):
+        return None
+    a, b, c = row
+    if not (isinstance(a, int | float) and isinstance(b, int | float) and isinstance(c, int | float)):
+        return None
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
+        return None
+    return [float(a), float(b), float(c)]
 
 
 def _rate_window_seconds(ctx: PolicyContext) -> float:
