@@ -18,7 +18,7 @@ from typing import Any
 
 from autoscaler.demand import DemandTargets, stage_demands
 from autoscaler.policy import PolicyContext, PolicyDecision
-from autoscaler.types import Snapshot
+from autoscaler.types import NodeShape, Snapshot
 
 
 def _float_pairs(raw: object) -> dict[str, list[float]]:
@@ -128,12 +128,29 @@ def _histories(raw: object) -> dict[str, list[list[float]]]:
     if isinstance(raw, Mapping):
         for k, v in raw.items():
             if isinstance(v, list):
-                out[str(k)] = [r for row in v if (r := _history_row(row)) is not None]
+                out[str(k)] = _history_rows(v)
+    return out
+
+
+def _history_rows(rows: list[object]) -> list[list[float]]:
+    # Runs for every remembered row of every stage on every decision, and the rows are almost always the
+    # policy's own (a list of three finite floats), which are copied without a call per row. A finite sum
+    # proves all three finite (an inf or nan in any of them makes it inf or nan); the rest goes through
+    # _history_row.
+    out: list[list[float]] = []
+    isfinite = math.isfinite
+    for row in rows:
+        if type(row) is list and len(row) == 3:
+            a, b, c = row
+            if type(a) is float and type(b) is float and type(c) is float and isfinite(a + b + c):
+                out.append([a, b, c])
+                continue
+        if (r := _history_row(row)) is not None:
+            out.append(r)
     return out
 
 
 def _history_row(row: object) -> list[float] | None:
-    # Unrolled: this runs for every remembered row of every stage on every decision.
     if not (isinstance(row, list | tuple) and len(row) == 3):
         return None
     a, b, c = row
@@ -164,14 +181,20 @@ def _lead_seconds(ctx: PolicyContext, snap: Snapshot, pending_since: Mapping[str
     the fastest new launch — the soonest any new capacity could help.
     """
     out: dict[str, float] = {}
+    # Stages share a few kinds of slot: which shapes can host each kind is worked out once.
+    hosts_of: dict[tuple[tuple[str, float], ...], list[NodeShape]] = {}
     for st in snap.stages:
         need = {k: v for k, v in ctx.config.stage_resources(st.name).items() if v > 0}
+        kind = tuple(need.items())
+        hosts = hosts_of.get(kind)
+        if hosts is None:
+            hosts = hosts_of[kind] = [
+                shape for shape in snap.shapes if all(shape.capacity(k) >= v for k, v in need.items())
+            ]
         weighted = 0.0
         slots = 0.0
         fresh: list[float] = []
-        for shape in snap.shapes:
-            if not all(shape.capacity(k) >= v for k, v in need.items()):
-                continue
+        for shape in hosts:
             fresh.append(shape.launch_seconds)
             pending = int(snap.pending_counts.get(shape.name, 0))
             if shape.name in pending_since and pending > 0:
