@@ -742,32 +742,42 @@ class _Program:
         row_ub: list[float] = []
         inf = math.inf
 
-        def add_row(entries: list[tuple[int, float]], low: float, high: float) -> None:
-            # Columns in order, as a compressed sparse matrix has them.
-            entries.sort()
-            for col, val in entries:
-                index.append(col)
-                value.append(val)
+        def add_row(cols: list[int], vals: list[float], low: float, high: float, *, ordered: bool) -> None:
+            # Columns in order, as a compressed sparse matrix has them (a row never names a column twice).
+            # Parallel lists rather than (column, value) pairs: a large program has a couple of thousand
+            # entries, and a tuple each cost as much again in the garbage collector's young generation.
+            if not ordered:
+                order = sorted(range(len(cols)), key=cols.__getitem__)
+                cols = [cols[i] for i in order]
+                vals = [vals[i] for i in order]
+            index.extend(cols)
+            value.extend(vals)
             start.append(len(index))
             row_lb.append(low)
             row_ub.append(high)
 
+        # Pair indices of a stage or a shape are increasing, and the x columns come after the node columns
+        # and before u and m: most rows are built in column order.
         for i, ki in enumerate(self.demand_stages):
             target = stages[ki].target_rate
-            entries = [(off_x + p, pairs[p].rate / target) for p in prep.pairs_of_stage[ki]]
-            entries.append((self.off_u + i, 1.0))
-            add_row(entries, 1.0, inf)
+            own = prep.pairs_of_stage[ki]
+            cols = [off_x + p for p in own]
+            cols.append(self.off_u + i)
+            vals = [pairs[p].rate / target for p in own]
+            vals.append(1.0)
+            add_row(cols, vals, 1.0, inf, ordered=True)
         for i, ki in enumerate(self.min_stages):
-            entries = [(off_x + p, 1.0) for p in prep.pairs_of_stage[ki]]
-            entries.append((self.off_m + i, 1.0))
-            add_row(entries, float(stages[ki].min_slots), inf)
+            own = prep.pairs_of_stage[ki]
+            cols = [off_x + p for p in own]
+            cols.append(self.off_m + i)
+            add_row(cols, [1.0] * len(cols), float(stages[ki].min_slots), inf, ordered=True)
         for ki, k in enumerate(stages):
             own = prep.pairs_of_stage[ki]
             if k.max_slots is not None and sum(pairs[p].xub for p in own) > k.max_slots:
-                add_row([(off_x + p, 1.0) for p in own], -inf, float(k.max_slots))
+                add_row([off_x + p for p in own], [1.0] * len(own), -inf, float(k.max_slots), ordered=True)
         for si in range(n_shapes):
             on_shape = prep.pairs_of_shape[si]
-            summed: list[tuple[list[tuple[int, float]], float]] = []
+            summed: list[tuple[list[int], list[float], float, bool]] = []
             # Pairs whose own row below (slots per whole node) a summed row already implies.
             implied: set[int] = set()
             # With one stage on a shape the per-node rows are exact; the summed rows matter only when
@@ -782,55 +792,59 @@ class _Program:
                 # together, at least Σ x / (slots per node) nodes.
                 for clique in structure.cliques:
                     members = [on_shape[j] for j in clique]
-                    entries = [*((off_x + p, 1.0 / pairs[p].per_node) for p in members), (si, -1.0)]
-                    summed.append((entries, 0.0))
+                    cols = [si, *(off_x + p for p in members)]
+                    vals = [-1.0, *(1.0 / pairs[p].per_node for p in members)]
+                    summed.append((cols, vals, 0.0, True))
                     implied.update(members)
                 # A slot that cannot share a node with any other stage here (e.g. 4 CPUs on a 4-CPU GPU
                 # node) blocks its nodes for everybody: count those nodes in every resource row as well.
                 exclusive = [p for p, alone in zip(on_shape, structure.exclusive, strict=True) if alone]
                 shared = [p for p, alone in zip(on_shape, structure.exclusive, strict=True) if not alone]
-                base = [(off_x + p, 1.0 / pairs[p].per_node) for p in exclusive]
+                base_cols = [off_x + p for p in exclusive]
+                base_vals = [1.0 / pairs[p].per_node for p in exclusive]
                 resources = sorted({r for p in shared for r in prep.needs[pairs[p].stage]})
                 for res in resources:
                     users = [p for p in shared if res in prep.needs[pairs[p].stage]]
-                    if len(users) + len(base) < 2:
+                    if len(users) + len(exclusive) < 2:
                         continue
                     cap = prep.capacity[si][res]
-                    entries = list(base)
+                    cols = [si, *base_cols]
+                    vals = [-1.0, *base_vals]
                     for p in users:
                         share = prep.needs[pairs[p].stage][res] / cap
-                        entries.append((off_x + p, share))
+                        cols.append(off_x + p)
+                        vals.append(share)
                         # x_p · share <= n implies x_p <= per_node · n when share · per_node >= 1 (up to
                         # float noise far below the solver's tolerance).
                         if share * pairs[p].per_node >= 1.0 - _IMPLIED_TOL:
                             implied.add(p)
-                    entries.append((si, -1.0))
                     # First-fit lets a node's last copy overrun by up to 1e-9 · (1 + cap): in this row's
                     # units, with a wide margin, this much per node.
-                    summed.append((entries, _PACKING_OVERRUN * (1.0 + cap) / cap))
+                    # Exclusive and shared pairs interleave: only a row with both needs sorting.
+                    ordered = not exclusive
+                    summed.append((cols, vals, _PACKING_OVERRUN * (1.0 + cap) / cap, ordered))
                     implied.update(exclusive)
             # Slots per whole node: x_ks <= floor(cap_s / req_k) · n_s, unless a summed row implies it.
             # In a typical large program most of them are implied, and dropping them takes the row count
             # from many hundreds to about a hundred, which is what the simplex time scales with.
             for p in on_shape:
                 if p not in implied:
-                    add_row([(off_x + p, 1.0), (si, -float(pairs[p].per_node))], -inf, 0.0)
-            for entries, overrun in summed:
+                    add_row([si, off_x + p], [-float(pairs[p].per_node), 1.0], -inf, 0.0, ordered=True)
+            for cols, vals, overrun, ordered in summed:
                 if overrun > 0:
                     self.tolerant_rows[len(row_lb)] = (si, overrun)
-                add_row(entries, -inf, 0.0)
+                add_row(cols, vals, -inf, 0.0, ordered=ordered)
         if not prep.infeasible_bounds:
             if sum(prep.hi_solve) > prep.problem.max_nodes:
                 self.has_max_nodes_row = True
-                add_row([(si, 1.0) for si in range(n_shapes)], -inf, float(prep.problem.max_nodes))
+                add_row(
+                    list(range(n_shapes)), [1.0] * n_shapes, -inf, float(prep.problem.max_nodes), ordered=True
+                )
             if math.isfinite(budget) and float(prices @ np.asarray(prep.hi_solve, dtype=float)) > budget:
                 scale = budget if budget > 0 else 1.0
                 self.budget_row = len(row_lb)
-                add_row(
-                    [(si, prices[si] / scale) for si in range(n_shapes) if prices[si] > 0],
-                    -inf,
-                    budget / scale,
-                )
+                priced = [si for si in range(n_shapes) if prices[si] > 0]
+                add_row(priced, [prices[si] / scale for si in priced], -inf, budget / scale, ordered=True)
         self.rows = _Rows(
             start=np.asarray(start, dtype=np.int32),
             index=np.asarray(index, dtype=np.int32),
