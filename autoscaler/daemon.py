@@ -251,6 +251,7 @@ class TickOutcome:
     drained: tuple[str, ...] = ()
     """Node ids whose drain Ray accepted."""
     refused: tuple[str, ...] = ()
+    """Node ids whose drain Ray refused (a drain that failed or got no answer is in ``errors``)."""
     errors: tuple[str, ...] = ()
     """Everything that went wrong: observation errors and actuation failures."""
     duration_s: float = 0.0
@@ -581,9 +582,11 @@ class Daemon:
                 await self._finish(key, "abandoned", "the floor could not be lowered first")
                 continue
             accepted = await self._drain(key, node.node_id, errors)
-            (drained if accepted else refused).append(node.node_id)
             if accepted:
+                drained.append(node.node_id)
                 mem.retiring.pop(node.node_id, None)
+            elif accepted is False:
+                refused.append(node.node_id)
         self._record_pool(pool_plan)
         return self._publish(
             tick,
@@ -995,7 +998,9 @@ class Daemon:
         await self._finish(key, "confirmed", "")
         return True
 
-    async def _drain(self, key: str, node_id: str, errors: list[str]) -> bool:
+    async def _drain(self, key: str, node_id: str, errors: list[str]) -> bool | None:
+        """True: Ray accepted the drain; False: Ray refused it; None: no answer (failed or timed out,
+        said in ``errors``)."""
         try:
             result = await self._act(lambda: self._actuator.drain(node_id))
         except TimeoutError:
@@ -1004,13 +1009,13 @@ class Daemon:
             self.telemetry.record_actuation_error("drain")
             await self._finish(key, "sent", "timed out; outcome unknown")
             self._mem.sent[key] = _SentDrain(key, node_id, self._clock())
-            return False
+            return None
         except Exception as e:
             msg = f"drain of {node_id} failed: {_describe(e)}"
             errors.append(msg)
             self.telemetry.record_actuation_error("drain")
             await self._finish(key, "failed", msg)
-            return False
+            return None
         if result.accepted:
             await self._finish(key, "sent", "accepted by the GCS")
             self._mem.sent[key] = _SentDrain(key, node_id, self._clock())

@@ -382,10 +382,15 @@ def _build_state(
         # The v1 report is up to one autoscaler iteration old; a node it still lists as pending may have
         # joined since. Its "ip" is the provider's, which is the node id under the fake provider.
         joined = {n.ip for n in nodes if n.alive} | {n.node_id for n in nodes if n.alive}
+        # v1 lists an instance whose raylet is gone (drained, crashed) as pending while the provider still
+        # has it: under the fake provider until its idle timeout, which never comes while a floor needs it
+        # (seen on 2.60). A node the GCS reports dead is not on its way. Matched by node id only: a cloud
+        # may give a dead node's IP to a new instance.
+        dead = {n.node_id for n in nodes if not n.alive}
         for entry in v1_report.get("pending_nodes") or []:
             # (ip, node_type, status) tuples, serialized as lists.
             ip, node_type, stage = [*entry, "", "", ""][:3]
-            if ip and ip in joined:
+            if ip and (ip in joined or ip in dead):
                 continue
             pending.append(PendingLaunch(str(node_type), 1, str(stage).lower() or "starting"))
         for entry in v1_report.get("failed_nodes") or []:

@@ -14,6 +14,7 @@ import pytest
 
 from autoscaler.daemon import Daemon, DryRunActuator, choose_drains
 from autoscaler.policy import load_policy
+from autoscaler.ray_actuator import DrainResult
 from autoscaler.ray_state import ClusterState, ClusterStateError
 from autoscaler.state_store import StateStore
 from autoscaler.telemetry import Telemetry
@@ -224,6 +225,47 @@ async def test_drains_only_idle_nodes_longest_idle_first_and_at_most_the_share(s
         await d.tick()
     assert busy1.node_id not in act.drains and busy2.node_id not in act.drains
     assert {n.node_id for n in cluster.nodes} == {busy1.node_id, busy2.node_id}
+
+
+class AnsweringActuator(FakeActuator):
+    """Answers each node's drain as told: a result, an exception, or a hang longer than the act timeout."""
+
+    def __init__(self, cluster: FakeCluster, answers: dict[str, DrainResult | Exception | float]) -> None:
+        super().__init__(cluster)
+        self.answers = answers
+
+    def drain(self, node_id: str) -> DrainResult:
+        answer = self.answers[node_id]
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, float):
+            time.sleep(answer)
+            return DrainResult(node_id, True)
+        return answer
+
+
+async def test_only_a_drain_ray_refused_is_reported_refused(store: StateStore) -> None:
+    cluster = FakeCluster()
+    refused = cluster.add("gpu1", idle_seconds=30.0)
+    failed = cluster.add("gpu1", idle_seconds=20.0)
+    hangs = cluster.add("gpu1", idle_seconds=10.0)
+    act = AnsweringActuator(
+        cluster,
+        {
+            refused.node_id: DrainResult(refused.node_id, False, "no longer idle"),
+            failed.node_id: RuntimeError("drain_node RPC failed"),
+            hangs.node_id: 2.0,  # act_timeout_seconds is 0.5
+        },
+    )
+    d = daemon(store, FakeSource(backlog=0.0, rate=0.0, slots=0.0), cluster, act, drain_share_per_tick=1.0)
+    await d.start()
+    out = await d.tick()
+    assert out.refused == (refused.node_id,)
+    assert out.drained == ()
+    assert out.degraded and len(out.errors) == 2, out.errors
+    assert "failed" in out.errors[0] and "timed out" in out.errors[1]
+    assert store.action(f"drain:{refused.node_id}").status == "failed"  # type: ignore[union-attr]
+    assert store.action(f"drain:{hangs.node_id}").status == "sent"  # type: ignore[union-attr]
 
 
 def test_choose_drains_caps_at_the_share_and_never_picks_busy_or_draining_nodes() -> None:

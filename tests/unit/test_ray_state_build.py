@@ -47,3 +47,20 @@ def test_a_joined_node_still_listed_as_pending_is_counted_once() -> None:
     state = _build_state(status, "v2", 0.0, {}, None, 1.0, [])
     assert state.node_counts() == {"gpu1": 1}
     assert state.pending_counts() == {"gpu1": 1}, "i-1 has joined; only i-2 is still on its way"
+
+
+def test_v1_an_instance_whose_node_is_dead_is_not_a_pending_launch() -> None:
+    """v1 lists a drained fake node as pending ("uninitialized") while its provider keeps it; its "ip" is
+    its node id, which the GCS reports dead."""
+    drained = "f" * 51 + "00001"
+    booting = "f" * 51 + "00003"
+    status = _status([_node("f" * 51 + "00002", "")], [])
+    status.failed_nodes = [_node(drained, "", status="DEAD")]
+    report = {
+        "pending_nodes": [[drained, "gpu1", "uninitialized"], [booting, "gpu1", "uninitialized"]],
+        "pending_launches": {},
+    }
+    no_floor = SimpleNamespace(internal_kv_get=lambda *args, **kwargs: None)
+    state = _build_state(status, "v1", 0.0, report, no_floor, 1.0, [])
+    assert state.node_counts() == {"gpu1": 1}
+    assert state.pending_counts() == {"gpu1": 1}, "only the node that has not joined yet is on its way"
