@@ -190,6 +190,9 @@ class DaemonConfig(_Strict):
     """At most this share of a shape's nodes (at least one) is drained per tick."""
     drain_confirm_seconds: float = Field(default=120.0, gt=0)
     """An accepted drain whose node is still alive after this long is recorded as abandoned."""
+    floor_grace_seconds: float = Field(default=60.0, gt=0)
+    """A shape with fewer nodes than its floor and none launching this long makes the daemon degraded (Ray
+    does not say when its autoscaler ignores a floor; see ``autoscaler/floor_watch.py``)."""
 
     def resolved_state_path(self) -> Path:
         if self.state_path is not None:

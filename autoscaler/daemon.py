@@ -55,6 +55,7 @@ from typing import Any, Protocol, TypeVar
 
 from autoscaler.config import Config
 from autoscaler.decision import Decision, DecisionState, decide
+from autoscaler.floor_watch import watch_floor
 from autoscaler.observe import OBSERVE_TEMPLATES, build_snapshot
 from autoscaler.policy import Policy, PolicyContext, PolicyDecision
 from autoscaler.queries import QueryResult, make_sample
@@ -363,6 +364,8 @@ class Daemon:
         self._nudged_at: float | None = None
         self._hidden: frozenset[str] = frozenset()
         """Standby and retiring nodes of the last observation (not the plan's capacity)."""
+        self._floor_since: dict[str, float] = {}
+        """Shape → since when it has had fewer nodes than the floor and none launching (floor_watch)."""
         self.last: TickOutcome | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -482,6 +485,16 @@ class Daemon:
         now = self._clock()
         snapshot, cluster = await self._observe(now)
         errors: list[str] = list(snapshot.errors)
+        if cluster is not None and mem.floor is not None and not isinstance(self._actuator, DryRunActuator):
+            self._floor_since, short = watch_floor(
+                mem.floor,
+                cluster.node_counts(),
+                cluster.pending_counts(),
+                now=now,
+                since=self._floor_since,
+                grace=self.config.daemon.floor_grace_seconds,
+            )
+            errors.extend(s.message() for s in short)
 
         decision: Decision = decide(snapshot, self.config, mem.models, self._timed_policy, mem.state)
         policy_s = self._timed_policy.last_seconds
