@@ -176,18 +176,22 @@ async def test_waiting_work_claims_a_standby_on_a_nudge(tmp_path: Path) -> None:
     try:
         cluster.waiting = [{"CPU": 1.0, "GPU": 1.0}]
         daemon.nudge()
-        for _ in range(200):
-            if f"remove {standby_name('gpu1', 1)}" in actuator.log:
+        reg = daemon.telemetry.registry
+
+        def claims() -> float | None:
+            return reg.get_sample_value(
+                "raytide_warm_pool_claims_total", {"shape": "gpu1", "trigger": "waiting"}
+            )
+
+        # The removal is logged when it starts (off the event loop) and counted once it has returned.
+        for _ in range(500):
+            if claims() is not None:
                 break
             await asyncio.sleep(0.02)
         assert f"remove {standby_name('gpu1', 1)}" in actuator.log
         cluster.waiting = []
         assert standby not in {m.node_id for m in daemon.pool}
-        reg = daemon.telemetry.registry
-        assert (
-            reg.get_sample_value("raytide_warm_pool_claims_total", {"shape": "gpu1", "trigger": "waiting"})
-            == 1
-        )
+        assert claims() == 1
         assert reg.get_sample_value("raytide_warm_pool_claim_latency_seconds_count") == 1
     finally:
         daemon.request_stop()
