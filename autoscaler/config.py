@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from autoscaler.types import NodeShape, frozen_map
 
@@ -324,11 +332,15 @@ class Config(_Strict):
     def node_shapes(self) -> tuple[NodeShape, ...]:
         return tuple(s.to_shape() for s in self.shapes)
 
+    _by_name: tuple[list[StageConfig], dict[str, StageConfig]] | None = PrivateAttr(default=None)
+
     def stage_profile(self, name: str) -> StageConfig | None:
-        for s in self.stages:
-            if s.name == name:
-                return s
-        return None
+        # A decision looks every stage up several times: an index instead of a scan per lookup. Keyed on
+        # the stages list itself, so a copy with other stages (``model_copy(update=...)``) re-indexes.
+        cached = self._by_name
+        if cached is None or cached[0] is not self.stages:
+            cached = self._by_name = (self.stages, {s.name: s for s in self.stages})  # names are unique
+        return cached[1].get(name)
 
     def stage_resources(self, name: str) -> Mapping[str, float]:
         profile = self.stage_profile(name)

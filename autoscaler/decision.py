@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from autoscaler.config import Config, StageConfig
+from autoscaler.config import Config
 from autoscaler.guardrails import GuardLimits, GuardState, apply_guardrails
 from autoscaler.policy import Policy, PolicyContext, PolicyDecision
 from autoscaler.selection import (
@@ -33,6 +33,7 @@ from autoscaler.types import (
     StageDemand,
     StageObservation,
     UnmetDemand,
+    slot_hosts,
 )
 
 
@@ -73,33 +74,16 @@ def limits_from(config: Config) -> GuardLimits:
     )
 
 
-def _profiles(config: Config) -> dict[str, StageConfig]:
-    """Stage name → profile, as ``config.stage_profile`` finds it (the first of a name), without its scan
-    of every stage per lookup: a decision looks up every stage several times."""
-    out: dict[str, StageConfig] = {}
-    for profile in config.stages:
-        out.setdefault(profile.name, profile)
-    return out
-
-
 def stage_estimates(
     snapshot: Snapshot, config: Config, models: ThroughputModels
 ) -> dict[str, dict[str, RateEstimate]]:
-    profiles = _profiles(config)
+    hosts = slot_hosts(snapshot.shapes)
     out: dict[str, dict[str, RateEstimate]] = {}
-    # Stages share a few kinds of slot: which shapes can host each kind is worked out once.
-    hosts_of: dict[tuple[tuple[str, float], ...], list[str]] = {}
     for st in snapshot.stages:
-        profile = profiles.get(st.name)
+        profile = config.stage_profile(st.name)
         priors = dict(profile.prior_rate) if profile else {}
-        need = profile.resources if profile else config.default_stage_resources
-        kind = tuple(need.items())
-        hosts = hosts_of.get(kind)
-        if hosts is None:
-            hosts = hosts_of[kind] = [
-                s.name for s in snapshot.shapes if all(s.capacity(k) >= v for k, v in need.items() if v > 0)
-            ]
-        out[st.name] = models.estimates_for_stage(st.name, hosts, priors)
+        fitting = [s.name for s in hosts(config.stage_resources(st.name))]
+        out[st.name] = models.estimates_for_stage(st.name, fitting, priors)
     return out
 
 
@@ -241,13 +225,12 @@ def _requirements(
     """
     obs = observations or {}
     lateness = lateness or {}
-    profiles = _profiles(config)
     reqs = []
     for d in demands:
         if d.hold or d.target_rate <= 0:
             continue
         ests = estimates.get(d.stage, {})
-        profile = profiles.get(d.stage)
+        profile = config.stage_profile(d.stage)
         priors = dict(profile.prior_rate) if profile else {}
         calib = _calibration(obs.get(d.stage), ests, _EFFICIENCY_FLOOR)
         bias = _prior_bias(ests, priors)
@@ -268,7 +251,7 @@ def _requirements(
             StageRequirement(
                 name=d.stage,
                 target_rate=d.target_rate,
-                slot_resources=dict(profile.resources if profile else config.default_stage_resources),
+                slot_resources=dict(config.stage_resources(d.stage)),
                 per_slot_rate=per_slot,
                 max_slots=profile.max_slots if profile else None,
             )

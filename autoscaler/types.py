@@ -7,7 +7,7 @@ and two equal inputs always compare equal (which the determinism tests rely on).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -69,6 +69,21 @@ class NodeShape:
 
     def capacity(self, resource: str) -> float:
         return float(self.resources.get(resource, 0.0))
+
+
+def slot_hosts(shapes: Sequence[NodeShape]) -> Callable[[Mapping[str, float]], list[NodeShape]]:
+    """``need`` → the shapes with room for one slot needing it, remembered per kind of slot: stages share
+    a few kinds, and a decision asks for every stage."""
+    seen: dict[tuple[tuple[str, float], ...], list[NodeShape]] = {}
+
+    def hosts(need: Mapping[str, float]) -> list[NodeShape]:
+        kind = tuple((k, v) for k, v in need.items() if v > 0)
+        found = seen.get(kind)
+        if found is None:
+            found = seen[kind] = [s for s in shapes if all(s.capacity(k) >= v for k, v in kind)]
+        return found
+
+    return hosts
 
 
 @dataclass(frozen=True, slots=True)

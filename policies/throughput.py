@@ -18,7 +18,7 @@ from typing import Any
 
 from autoscaler.demand import DemandTargets, stage_demands
 from autoscaler.policy import PolicyContext, PolicyDecision
-from autoscaler.types import NodeShape, Snapshot
+from autoscaler.types import Snapshot, slot_hosts
 
 
 def _float_pairs(raw: object) -> dict[str, list[float]]:
@@ -181,16 +181,10 @@ def _lead_seconds(ctx: PolicyContext, snap: Snapshot, pending_since: Mapping[str
     the fastest new launch — the soonest any new capacity could help.
     """
     out: dict[str, float] = {}
-    # Stages share a few kinds of slot: which shapes can host each kind is worked out once.
-    hosts_of: dict[tuple[tuple[str, float], ...], list[NodeShape]] = {}
+    hosts_of = slot_hosts(snap.shapes)
     for st in snap.stages:
         need = {k: v for k, v in ctx.config.stage_resources(st.name).items() if v > 0}
-        kind = tuple(need.items())
-        hosts = hosts_of.get(kind)
-        if hosts is None:
-            hosts = hosts_of[kind] = [
-                shape for shape in snap.shapes if all(shape.capacity(k) >= v for k, v in need.items())
-            ]
+        hosts = hosts_of(need)
         weighted = 0.0
         slots = 0.0
         fresh: list[float] = []

@@ -16,7 +16,7 @@ from autoscaler.decision import (
 from autoscaler.selection import SelectionProblem, StageRequirement, select_shapes
 from autoscaler.testing import make_config, make_shape, make_snapshot, make_stage, make_stage_config
 from autoscaler.throughput import RateEstimate, ThroughputModels
-from autoscaler.types import StageDemand
+from autoscaler.types import StageDemand, slot_hosts
 from policies.throughput import ThroughputPolicy, recent_throughput
 
 CPU = make_shape(name="cpu4", resources={"CPU": 4.0}, price_per_hour=0.2)
@@ -191,3 +191,22 @@ def test_a_policy_that_raises_holds_instead_of_crashing() -> None:
         assert d.plan.held
         assert d.plan.targets()["cpu4"] == 3
         assert any("failed" in r for r in d.plan.reasons)
+
+
+def test_slot_hosts_are_the_shapes_with_room_for_one_slot_zero_needs_ignored() -> None:
+    cpu = make_shape(name="cpu4", resources={"CPU": 4})
+    gpu = make_shape(name="gpu1", resources={"CPU": 1, "GPU": 1})
+    hosts = slot_hosts((cpu, gpu))
+    assert hosts({"CPU": 2}) == [cpu]
+    assert hosts({"CPU": 1, "GPU": 1}) == [gpu]
+    assert hosts({"CPU": 1, "GPU": 0}) == [cpu, gpu]
+    assert hosts({"TPU": 1}) == []
+
+
+def test_stage_profile_by_name_follows_a_copy_with_other_stages() -> None:
+    a, b = make_stage_config(name="a"), make_stage_config(name="b")
+    cfg = make_config(stages=[a, b])
+    assert cfg.stage_profile("a") == a and cfg.stage_profile("missing") is None
+    other = cfg.model_copy(update={"stages": [b]})
+    assert other.stage_profile("b") == b and other.stage_profile("a") is None
+    assert cfg.stage_profile("a") == a
