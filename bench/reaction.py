@@ -635,7 +635,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_warm_pool": ratio_pool,
         "target_met_warm_pool": ratio_pool is not None and ratio_pool <= 0.5,
         "warm_pool_standby_nodes": args.warm_pool,
-        "warm_pool_standby_cost_per_hour": float(args.warm_pool) * 1.0,
+        "warm_pool_standby_cost_per_hour": args.warm_pool
+        * next(s.price_per_hour for s in cfg.node_shapes() if s.name == "gpu1"),
         "raytide_request_median_s": _median([r.request_s for r in mine]),
         "builtin_request_median_s": _median([r.request_s for r in theirs]),
         "raytide_pool_first_claim_median_s": _median([r.request_s for r in pool_steps]),
