@@ -33,6 +33,7 @@ system-deps:
 lint: install
 	$(BIN)/ruff check autoscaler policies tests bench
 	$(BIN)/ruff format --check autoscaler policies tests bench
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
@@ -53,6 +54,7 @@ demo: install
 # -P: bench/ is not put first on sys.path, where bench/policies.py would shadow the policies package.
 bench: install
 	$(BIN)/python -P bench/decision_latency.py
+	$(BIN)/python -P bench/plan_digest.py
 	$(BIN)/python -P bench/policies.py
 	$(BIN)/python -P bench/sim_speed.py
 	$(BIN)/python -P bench/reaction.py

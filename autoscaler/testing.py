@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from autoscaler.config import Config, StageConfig
-from autoscaler.decision import Decision, DecisionState, decide
-from autoscaler.policy import Policy, PolicyContext, PolicyDecision
-from autoscaler.throughput import ThroughputModels
+from autoscaler.core.config import Config, StageConfig
+from autoscaler.core.decide import Decision, DecisionState, decide
+from autoscaler.core.policy_api import Policy, PolicyContext, PolicyDecision
+from autoscaler.core.throughput import ThroughputModels
 from autoscaler.types import Node, NodeShape, Reading, Snapshot, StageDemand, StageObservation, frozen_map
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from autoscaler.config import Config
-from autoscaler.decision import DecisionState, decide
-from autoscaler.throughput import ThroughputModels
+from autoscaler.core.config import Config
+from autoscaler.core.decide import DecisionState, decide
+from autoscaler.core.throughput import ThroughputModels
 from autoscaler.types import Node, Reading, Snapshot, StageObservation, frozen_map
 from policies.throughput import ThroughputPolicy
 

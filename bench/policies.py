@@ -28,7 +28,7 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if not (p and Path(p).resolve() == _HERE)]
 
-from autoscaler.policy import installed_policies, load_policy  # noqa: E402
+from autoscaler.app.plugins import installed_policies, load_policy  # noqa: E402
 from autoscaler.sim.results import run_policy  # noqa: E402
 from autoscaler.sim.scenario import Scenario, load_scenario, resolve_scenarios  # noqa: E402
 

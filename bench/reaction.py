@@ -80,7 +80,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 if TYPE_CHECKING:
-    from autoscaler.ray_warm_pool import RayWarmPool
+    from autoscaler.adapters.ray.placeholders import RayWarmPool
 
 ROWS_PER_BLOCK = 4
 HEAD_CPUS = 2  # an int: `ray start --num-cpus` rejects "2.0"
@@ -178,7 +178,7 @@ class Poller:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        from autoscaler.ray_state import node_type_resource, read_cluster_state
+        from autoscaler.adapters.ray.cluster_state import node_type_resource, read_cluster_state
 
         marker = node_type_resource("gpu1")
         while not self._stop.is_set():
@@ -220,7 +220,7 @@ def read_events(path: Path) -> tuple[float | None, list[float]]:
 def daemon_config(gpus: int, infer_s: float, interval_s: float, pool: int = 0) -> Any:
     """The daemon's configuration; with ``pool`` > 0, that many standby gpu1 nodes beside the plan (the
     stage's ``max_slots`` keeps the plan itself at ``gpus`` nodes, as the job's actor pool)."""
-    from autoscaler.config import parse_config
+    from autoscaler.core.config import parse_config
 
     warm = f"warm_pool: {{enabled: true, min: {{gpu1: {pool}}}, max: {{gpu1: {pool}}}}}\n" if pool > 0 else ""
     text = f"""
@@ -245,7 +245,7 @@ class RaytideRunner:
     """The daemon on its own event loop in a thread; records when each floor reached the autoscaler."""
 
     def __init__(self, address: str, cfg: Any, state_dir: Path) -> None:
-        from autoscaler.ray_actuator import FloorStatus, RayActuator
+        from autoscaler.adapters.ray.actuator import FloorStatus, RayActuator
 
         self.cfg = cfg
         self.address = address
@@ -266,7 +266,7 @@ class RaytideRunner:
         """When each placeholder removal (a claim, or a retirement) was sent."""
         self.pool: RayWarmPool | None = None
         if cfg.warm_pool.enabled:
-            from autoscaler.ray_warm_pool import RayWarmPool
+            from autoscaler.adapters.ray.placeholders import RayWarmPool
 
             class TimedWarmPool(RayWarmPool):
                 def remove(self, name: str, pg_id: str | None = None) -> bool:
@@ -302,11 +302,12 @@ class RaytideRunner:
             self._ready.set()
 
     async def _main(self, run_id: str) -> None:
+        from autoscaler.adapters.ray.cluster_state import read_cluster_state
+        from autoscaler.adapters.scrape import FileDiscovery, RayExporterSource
+        from autoscaler.adapters.state_store import StateStore
+        from autoscaler.app.plugins import load_policy
         from autoscaler.daemon import Daemon
-        from autoscaler.policy import load_policy
-        from autoscaler.ray_state import ClusterState, read_cluster_state
-        from autoscaler.scrape import FileDiscovery, RayExporterSource
-        from autoscaler.state_store import StateStore
+        from autoscaler.ports import ClusterState
 
         def read() -> ClusterState:
             return read_cluster_state(self.address, timeout_s=self.cfg.ray.timeout_seconds)
@@ -383,8 +384,8 @@ def _r(x: float | None) -> float | None:
 def wait_for_baseline(address: str, timeout_s: float, standby: RayWarmPool | None = None, n: int = 0) -> None:
     """Until one active gpu1 node is alive and nothing is pending; with ``standby``, also ``n`` standby
     nodes held by that pool's placeholders (1 + ``n`` gpu1 nodes in all)."""
-    from autoscaler.ray_local import wait_until
-    from autoscaler.ray_state import read_cluster_state
+    from autoscaler.adapters.ray.cluster_state import read_cluster_state
+    from autoscaler.devcluster.cluster import wait_until
 
     def at_baseline() -> bool:
         s = read_cluster_state(address)
@@ -409,7 +410,7 @@ def refresh_coordinator(actuator: Any) -> None:
     still reserve their GPUs, and Ray Data's first request (twice its current throughput, computed on
     those phantom GPUs) would launch the whole step at once — a head start neither arm has in practice.
     """
-    from autoscaler.ray_actuator import COORDINATOR_NAME, COORDINATOR_NAMESPACE
+    from autoscaler.adapters.ray.actuator import COORDINATOR_NAME, COORDINATOR_NAMESPACE
 
     try:
         ray = actuator.ray_driver()
@@ -535,8 +536,8 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from autoscaler.logging_setup import configure_logging
-    from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType
+    from autoscaler.adapters.logging_setup import configure_logging
+    from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType
 
     configure_logging("text", "INFO")  # the daemon's one line per tick, on stderr
     logging.getLogger("ray").setLevel(logging.ERROR)

@@ -18,13 +18,14 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if not (p and Path(p).resolve() == _HERE)]
 
-from autoscaler.config import Config  # noqa: E402
-from autoscaler.decision import Decision, DecisionState, decide  # noqa: E402
-from autoscaler.policy import Policy, load_policy  # noqa: E402
+from autoscaler.app.plugins import load_policy  # noqa: E402
+from autoscaler.core.config import Config  # noqa: E402
+from autoscaler.core.decide import Decision, DecisionState, decide  # noqa: E402
+from autoscaler.core.policy_api import Policy  # noqa: E402
+from autoscaler.core.throughput import ThroughputModels  # noqa: E402
 from autoscaler.sim.engine import simulate  # noqa: E402
 from autoscaler.sim.results import summarize  # noqa: E402
 from autoscaler.sim.scenario import resolve_scenarios  # noqa: E402
-from autoscaler.throughput import ThroughputModels  # noqa: E402
 from autoscaler.types import Snapshot  # noqa: E402
 
 TARGET_SECONDS = 60.0

@@ -34,16 +34,16 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from autoscaler.config import Config, parse_config  # noqa: E402
+from autoscaler.adapters.ray.actuator import RayActuator  # noqa: E402
+from autoscaler.adapters.ray.cluster_state import read_cluster_state  # noqa: E402
+from autoscaler.adapters.ray.placeholders import RayWarmPool  # noqa: E402
+from autoscaler.adapters.state_store import StateStore  # noqa: E402
+from autoscaler.adapters.telemetry import Telemetry  # noqa: E402
+from autoscaler.app.plugins import load_policy  # noqa: E402
+from autoscaler.core.config import Config, parse_config  # noqa: E402
 from autoscaler.daemon import Daemon  # noqa: E402
-from autoscaler.policy import load_policy  # noqa: E402
-from autoscaler.ray_actuator import RayActuator  # noqa: E402
-from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType  # noqa: E402
-from autoscaler.ray_state import read_cluster_state  # noqa: E402
-from autoscaler.ray_warm_pool import RayWarmPool  # noqa: E402
-from autoscaler.state_store import StateStore  # noqa: E402
-from autoscaler.telemetry import Telemetry  # noqa: E402
-from tests.unit.daemon_fakes import FakeSource  # noqa: E402
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType  # noqa: E402
+from tests.support.daemon_fakes import FakeSource  # noqa: E402
 
 CONFIG = """
 shapes:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from autoscaler.config import Config
-from autoscaler.packing import first_fit_decreasing
-from autoscaler.policy import PolicyContext, PolicyDecision
+from autoscaler.core.config import Config
+from autoscaler.core.packing import first_fit_decreasing
+from autoscaler.core.policy_api import PolicyContext, PolicyDecision
 from autoscaler.types import NodeShape, Snapshot, StageObservation
 
 # A slot count that could never be placed anyway; keeps the arithmetic in machine integers for 1e12 backlogs.

@@ -72,8 +72,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.config import Config
-from autoscaler.policy import PolicyContext, PolicyDecision
+from autoscaler.core.config import Config
+from autoscaler.core.policy_api import PolicyContext, PolicyDecision
 from autoscaler.types import Node, NodeShape, Snapshot, StageObservation
 
 Bundle = tuple[tuple[str, float], ...]

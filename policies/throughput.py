@@ -16,8 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from autoscaler.demand import DemandTargets, stage_demands
-from autoscaler.policy import PolicyContext, PolicyDecision
+from autoscaler.core.demand import DemandTargets, stage_demands
+from autoscaler.core.policy_api import PolicyContext, PolicyDecision
 from autoscaler.types import Snapshot, slot_hosts
 
 

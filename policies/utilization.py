@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from autoscaler.policy import PolicyContext, PolicyDecision
+from autoscaler.core.policy_api import PolicyContext, PolicyDecision
 from autoscaler.types import NodeShape, Reading, Snapshot
 
 

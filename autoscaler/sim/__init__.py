@@ -1,6 +1,6 @@
 """``raytide simulate``: a discrete-time simulator of a Ray cluster running a multi-stage pipeline.
 
-It measures the decision quality of any policy through the very ``autoscaler.decision.decide`` the daemon
+It measures the decision quality of any policy through the very ``autoscaler.core.decide.decide`` the daemon
 runs (guardrails and planner included). Public API::
 
     from autoscaler.sim import load_scenario, simulate, summarize

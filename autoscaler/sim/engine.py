@@ -34,13 +34,13 @@ rate over the configured Prometheus ``rate_window`` (arrivals exactly, where Pro
 ``deriv`` of the queue), backlog and busy slots as instantaneous gauges (the busy slots averaged over the
 last step), busy slots attributed to shapes in proportion to capacity as ``observe.attribute_slots`` does
 (or exactly, if the scenario says ``attribution: exact``), node utilization and idle times as the GCS
-reports them. Then ``autoscaler.decision.decide`` is called — the same function the daemon runs. The plan's
+reports them. Then ``autoscaler.core.decide.decide`` is called — the same function the daemon runs. The plan's
 targets are applied: launches get a launch delay drawn per shape (the k-th launch of a shape gets the same
 delay under every policy); removals take idle nodes first (longest idle first), then cancel pending
 launches (newest first), then drain the least-loaded busy nodes.
 
 Warm pool: with ``warm_pool.enabled`` in the scenario's configuration, after every decision that was not
-held the pool is sized by :func:`autoscaler.warm_pool.pool_targets` — the function the daemon runs — from
+held the pool is sized by :func:`autoscaler.core.warm_pool.pool_targets` — the function the daemon runs — from
 the plan history (lead time: the configured ``launch_seconds``; the sim does not feed observed launches
 back) and topped up (standby nodes are launched and billed like any node) or trimmed (standby nodes
 without a node yet first). A scale-up takes ready standby nodes first (usable at once) and launches
@@ -65,14 +65,14 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
-from autoscaler.config import Config
-from autoscaler.decision import Decision, DecisionState, decide
-from autoscaler.observe import attribute_slots
-from autoscaler.policy import Policy
+from autoscaler.core.config import Config
+from autoscaler.core.decide import Decision, DecisionState, decide
+from autoscaler.core.observe import attribute_slots
+from autoscaler.core.policy_api import Policy
+from autoscaler.core.throughput import ThroughputModels
+from autoscaler.core.warm_pool import PoolMemory, pool_targets
 from autoscaler.sim.scenario import Scenario, lognormal_noise, parse_duration
-from autoscaler.throughput import ThroughputModels
 from autoscaler.types import Node, NodeShape, Reading, Snapshot, StageObservation, frozen_map
-from autoscaler.warm_pool import PoolMemory, pool_targets
 
 _NO_POOL_POLICIES = frozenset({"ray-default"})
 """Policies that stand for Ray without raytide: no warm pool for them, whatever the configuration says."""
@@ -84,7 +84,7 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 DecideFn = Callable[[Snapshot, Config, ThroughputModels, Policy, DecisionState], Decision]
-"""The signature of ``autoscaler.decision.decide`` (injectable, e.g. to time it)."""
+"""The signature of ``autoscaler.core.decide.decide`` (injectable, e.g. to time it)."""
 
 _EPS = 1e-9
 _INF = math.inf

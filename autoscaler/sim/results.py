@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from autoscaler.policy import Policy
+from autoscaler.core.policy_api import Policy
 from autoscaler.sim.engine import DecisionRecord, SimRun, simulate
 from autoscaler.sim.scenario import Scenario
 

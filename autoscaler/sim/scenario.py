@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from autoscaler.config import Config, ConfigError, ConfigProblem, validate_yaml
+from autoscaler.core.config import Config, ConfigError, ConfigProblem, validate_yaml
 
 __all__ = [
     "BurstyTrace",

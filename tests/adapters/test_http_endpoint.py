@@ -9,8 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler.http_endpoint import HttpEndpoint
-from autoscaler.telemetry import Telemetry
+from autoscaler.adapters.http_endpoint import HttpEndpoint
+from autoscaler.adapters.telemetry import Telemetry
 from autoscaler.testing import make_shape, make_snapshot, make_stage
 from autoscaler.types import Plan, ShapeChange
 

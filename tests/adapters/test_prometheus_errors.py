@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from autoscaler.config import PrometheusConfig
-from autoscaler.prometheus import PrometheusConfigError, PrometheusSource
-from autoscaler.queries import TEMPLATE_NAMES
+from autoscaler.adapters.prometheus import PrometheusConfigError, PrometheusSource
+from autoscaler.core.config import PrometheusConfig
+from autoscaler.core.queries import TEMPLATE_NAMES
 
 URL = "http://prometheus.test:9090"
 

@@ -17,12 +17,13 @@ from typing import IO
 
 import pytest
 
-from autoscaler import state_store
-from autoscaler.decision import DecisionState
-from autoscaler.guardrails import GuardState
-from autoscaler.state_store import Action, Migration, StateStore, StateStoreError
-from autoscaler.throughput import ThroughputModels
-from tests.adapters.state_store_writer import (
+from autoscaler.adapters import state_store
+from autoscaler.adapters.state_store import Migration, StateStore, StateStoreError
+from autoscaler.core.decide import DecisionState
+from autoscaler.core.guardrails import GuardState
+from autoscaler.core.throughput import ThroughputModels
+from autoscaler.ports import Action
+from tests.support.state_store_writer import (
     KEEP_DECISIONS,
     T0,
     sample_decision_state,
@@ -424,7 +425,7 @@ def _lines(stream: IO[str], out: queue.Queue[str | None]) -> None:
 def _run_until_killed(db: Path, round_: int, ticks: int, delay: float) -> list[str]:
     """Start the writer, wait until it printed ``ticks`` committed ticks, SIGKILL it; all it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.adapters.state_store_writer", str(db), str(round_)],
+        [sys.executable, "-m", "tests.support.state_store_writer", str(db), str(round_)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

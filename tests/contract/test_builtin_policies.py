@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from autoscaler.policy import Policy, PolicyContext, PolicyDecision, load_policy
+from autoscaler.app.plugins import load_policy
+from autoscaler.core.policy_api import Policy, PolicyContext, PolicyDecision
 from autoscaler.testing import (
     PolicyContract,
     check_deterministic,

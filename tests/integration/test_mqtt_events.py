@@ -23,8 +23,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from autoscaler.events import DECISION_SCHEMA, HEALTH_SCHEMA, EventPublisher
-from autoscaler.telemetry import Telemetry
+from autoscaler.adapters.mqtt_events import DECISION_SCHEMA, HEALTH_SCHEMA, EventPublisher
+from autoscaler.adapters.telemetry import Telemetry
 from autoscaler.types import Plan, ShapeChange, UnmetDemand
 
 pytestmark = pytest.mark.integration

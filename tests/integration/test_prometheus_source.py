@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from autoscaler.config import EXAMPLE_CONFIG, Config, PrometheusConfig, parse_config
-from autoscaler.observe import OBSERVE_TEMPLATES, build_snapshot
-from autoscaler.prometheus import PrometheusSource
+from autoscaler.adapters.prometheus import PrometheusSource
+from autoscaler.core.config import EXAMPLE_CONFIG, Config, PrometheusConfig, parse_config
+from autoscaler.core.observe import OBSERVE_TEMPLATES, build_snapshot
 from tests.integration.replay import PrometheusServer
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autoscaler.cli import EXIT_CONFIG, EXIT_MISSING_METRICS, EXIT_SOURCE, app
+from autoscaler.app.cli import EXIT_CONFIG, EXIT_MISSING_METRICS, EXIT_SOURCE, app
 from tests.integration.replay import PrometheusServer, free_port
 
 pytestmark = pytest.mark.integration

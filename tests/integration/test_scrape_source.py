@@ -17,17 +17,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoscaler.config import EXAMPLE_CONFIG, Config, PrometheusConfig, parse_config
-from autoscaler.observe import OBSERVE_TEMPLATES, build_snapshot
-from autoscaler.prometheus import PrometheusSource
-from autoscaler.queries import TEMPLATE_NAMES
-from autoscaler.scrape import (
+from autoscaler.adapters.prometheus import PrometheusSource
+from autoscaler.adapters.scrape import (
     DashboardDiscovery,
     Discovery,
     FileDiscovery,
     RayExporterSource,
     StaticDiscovery,
 )
+from autoscaler.core.config import EXAMPLE_CONFIG, Config, PrometheusConfig, parse_config
+from autoscaler.core.observe import OBSERVE_TEMPLATES, build_snapshot
+from autoscaler.core.queries import TEMPLATE_NAMES
 from autoscaler.types import Snapshot
 from tests.integration.replay import PrometheusServer, ReplayExporter
 

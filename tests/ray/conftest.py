@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType
 
 NODE_TYPES = (
     LocalNodeType("cpu4", {"CPU": 4}, max_workers=3),

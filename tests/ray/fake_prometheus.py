@@ -16,7 +16,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
-from autoscaler.ray_local import free_port
+from autoscaler.devcluster.cluster import free_port
 
 DATASET = "dataset_1"
 OPERATOR = "MapBatches(Infer)_2"

@@ -7,7 +7,7 @@ drains, and each fault made real at the moment it matters.
   meet all of it, launches none (seen on 2.60; its cluster status does not say so). Either way the daemon
   keeps asking for three, never gets a third, keeps ticking, reports target 3 against what runs, and once
   the shape has been short with nothing launching for ``floor_grace_seconds`` (3 s here) it is degraded
-  with that shortfall as the reason (``autoscaler/floor_watch.py``).
+  with that shortfall as the reason (``autoscaler/core/floor_watch.py``).
 - **A drain the GCS refuses**: right before the daemon's first drain reaches the GCS, a task is started on
   that node, so the raylet refuses ``IDLE_TERMINATION``. The refusal is recorded (not an error), the busy
   node stays, nothing launches, and once the task ends a later tick drains the node.
@@ -23,7 +23,8 @@ The tests share one cluster per autoscaler version; each brings the cluster to w
 the order only saves boots: on v1 the first leaves the two gpu1 nodes the second starts from. The last uses
 cpu4 nodes because on v1 a drained fake node stays with the provider as an "uninitialized" instance, which
 the floor counts as capacity and which v1 never ends while the floor wants its type (see
-``autoscaler.ray_state``): asking for gpu1 again after the second test would launch nothing. Waits are
+``autoscaler.adapters.ray.cluster_state``): asking for gpu1 again after the second test would launch
+nothing. Waits are
 bounded polls for a condition or for a number of ticks; nothing asserts how long anything took.
 """
 
@@ -41,15 +42,16 @@ from typing import Any
 
 import pytest
 
-from autoscaler.config import Config, parse_config
+from autoscaler.adapters.ray.actuator import RayActuator
+from autoscaler.adapters.ray.cluster_state import read_cluster_state
+from autoscaler.adapters.state_store import StateStore
+from autoscaler.adapters.telemetry import Telemetry
+from autoscaler.app.plugins import load_policy
+from autoscaler.core.config import Config, parse_config
 from autoscaler.daemon import Daemon, TickOutcome
-from autoscaler.policy import load_policy
-from autoscaler.ray_actuator import DrainResult, RayActuator
-from autoscaler.ray_local import LocalAutoscalingCluster, wait_until
-from autoscaler.ray_state import ClusterState, read_cluster_state
-from autoscaler.state_store import StateStore
-from autoscaler.telemetry import Telemetry
-from tests.unit.daemon_fakes import FakeSource
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, wait_until
+from autoscaler.ports import ClusterState, DrainResult
+from tests.support.daemon_fakes import FakeSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 

@@ -15,15 +15,16 @@ from typing import Any
 
 import pytest
 
-from autoscaler.config import parse_config
+from autoscaler.adapters.ray.actuator import RayActuator
+from autoscaler.adapters.ray.cluster_state import read_cluster_state
+from autoscaler.adapters.state_store import StateStore
+from autoscaler.adapters.telemetry import Telemetry
+from autoscaler.app.plugins import load_policy
+from autoscaler.core.config import parse_config
 from autoscaler.daemon import Daemon
-from autoscaler.policy import load_policy
-from autoscaler.ray_actuator import DrainResult, RayActuator
-from autoscaler.ray_local import LocalAutoscalingCluster
-from autoscaler.ray_state import ClusterState, read_cluster_state
-from autoscaler.state_store import StateStore
-from autoscaler.telemetry import Telemetry
-from tests.unit.daemon_fakes import FakeSource
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster
+from autoscaler.ports import ClusterState, DrainResult
+from tests.support.daemon_fakes import FakeSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 

@@ -1,7 +1,7 @@
 """The daemon and a real Ray Data job on one real local autoscaling cluster (v1 and v2): cooperation through
 Ray Data's ``AutoscalingCoordinator`` while the daemon ticks.
 
-The job (``autoscaler.demo_pipeline --no-infer``: a CPU ``decode`` map over many blocks) runs as its own
+The job (``autoscaler.demo.live.pipeline --no-infer``: a CPU ``decode`` map over many blocks) runs as its own
 driver; Ray Data's cluster autoscaler registers with the coordinator and asks for CPUs as it goes. The
 daemon's metrics are a fake reporting a backlog on a GPU stage, so it wants two gpu1 nodes, and it
 registers that floor with the same coordinator. Checked: raytide's floor goes through the coordinator,
@@ -21,15 +21,16 @@ from typing import Any
 
 import pytest
 
-from autoscaler.config import parse_config
+from autoscaler.adapters.ray.actuator import FloorStatus, RayActuator
+from autoscaler.adapters.ray.cluster_state import node_type_resource, read_cluster_state
+from autoscaler.adapters.state_store import StateStore
+from autoscaler.adapters.telemetry import Telemetry
+from autoscaler.app.plugins import load_policy
+from autoscaler.core.config import parse_config
 from autoscaler.daemon import Daemon
-from autoscaler.policy import load_policy
-from autoscaler.ray_actuator import DrainResult, FloorStatus, RayActuator
-from autoscaler.ray_local import LocalAutoscalingCluster
-from autoscaler.ray_state import ClusterState, node_type_resource, read_cluster_state
-from autoscaler.state_store import StateStore
-from autoscaler.telemetry import Telemetry
-from tests.unit.daemon_fakes import FakeSource
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster
+from autoscaler.ports import ClusterState, DrainResult
+from tests.support.daemon_fakes import FakeSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -143,7 +144,7 @@ async def test_ray_datas_requests_and_raytides_floor_coexist_while_the_daemon_ti
             *[
                 sys.executable,
                 "-m",
-                "autoscaler.demo_pipeline",
+                "autoscaler.demo.live.pipeline",
                 "--address",
                 address,
                 "--bursts",

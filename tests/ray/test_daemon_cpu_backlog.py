@@ -19,16 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.config import parse_config
+from autoscaler.adapters.prometheus import PrometheusSource
+from autoscaler.adapters.ray.actuator import RayActuator
+from autoscaler.adapters.ray.cluster_state import read_cluster_state
+from autoscaler.adapters.state_store import StateStore
+from autoscaler.adapters.telemetry import Telemetry
+from autoscaler.app.plugins import load_policy
+from autoscaler.core.config import parse_config
+from autoscaler.core.queries import QueryResult, make_sample
 from autoscaler.daemon import Daemon
-from autoscaler.policy import load_policy
-from autoscaler.prometheus import PrometheusSource
-from autoscaler.queries import QueryResult, make_sample
-from autoscaler.ray_actuator import RayActuator
-from autoscaler.ray_local import LocalAutoscalingCluster, free_port
-from autoscaler.ray_state import ClusterState, read_cluster_state
-from autoscaler.state_store import StateStore
-from autoscaler.telemetry import Telemetry
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, free_port
+from autoscaler.ports import ClusterState
 from tests.ray.fake_prometheus import FakePrometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]

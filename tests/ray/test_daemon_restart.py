@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.ray_actuator import RayActuator
-from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType, wait_until
-from autoscaler.ray_state import ClusterState, node_type_resource, read_cluster_state
-from autoscaler.state_store import StateStore, StoredState
+from autoscaler.adapters.ray.actuator import RayActuator
+from autoscaler.adapters.ray.cluster_state import node_type_resource, read_cluster_state
+from autoscaler.adapters.state_store import StateStore, StoredState
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType, wait_until
+from autoscaler.ports import ClusterState
 from tests.ray.conftest import _ray_cli_available
 from tests.ray.fake_prometheus import FakePrometheus
 
@@ -115,7 +116,9 @@ class Watcher:
 
 def _raytide(config: Path, address: str, log: Path) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).with_name("raytide")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from autoscaler.cli import main; main()"]
+    cmd = (
+        [str(exe)] if exe.exists() else [sys.executable, "-c", "from autoscaler.app.cli import main; main()"]
+    )
     with log.open("ab") as out:
         return subprocess.Popen(
             [*cmd, "run", "--config", str(config), "--ray-address", address],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.ray_local import ray_stop
+from autoscaler.devcluster.cluster import ray_stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -22,7 +22,9 @@ DEMO_TIMEOUT_S = 200.0
 
 def _raytide() -> list[str]:
     exe = Path(sys.executable).with_name("raytide")
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from autoscaler.cli import main; main()"]
+    return (
+        [str(exe)] if exe.exists() else [sys.executable, "-c", "from autoscaler.app.cli import main; main()"]
+    )
 
 
 def _ray_processes() -> list[str]:

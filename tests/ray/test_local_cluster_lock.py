@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler import ray_local
-from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType
+from autoscaler.devcluster import cluster as ray_local
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType
 
 
 def test_shutdown_without_the_lock_stops_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

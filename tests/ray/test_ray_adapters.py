@@ -16,22 +16,22 @@ from typing import Any
 import pytest
 import ray
 
-from autoscaler.ray_actuator import (
+from autoscaler.adapters.ray.actuator import (
     COORDINATOR_NAME,
     COORDINATOR_NAMESPACE,
     ActuatorError,
     RayActuator,
     floor_bundles,
 )
-from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType, free_port, wait_until
-from autoscaler.ray_state import (
+from autoscaler.adapters.ray.cluster_state import (
     NODE_TYPE_LABEL,
-    ClusterState,
     ClusterStateError,
     detect_autoscaler_version,
     node_type_resource,
     read_cluster_state,
 )
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType, free_port, wait_until
+from autoscaler.ports import ClusterState
 
 # The node types of the `ray_cluster` fixture (conftest.py).
 SHAPES = {

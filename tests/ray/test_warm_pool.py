@@ -18,18 +18,19 @@ from typing import Any
 
 import pytest
 
-from autoscaler.config import Config, parse_config
+from autoscaler.adapters.ray.actuator import RayActuator
+from autoscaler.adapters.ray.cluster_state import read_cluster_state
+from autoscaler.adapters.ray.placeholders import RayWarmPool, placeholder_bundle
+from autoscaler.adapters.state_store import StateStore
+from autoscaler.adapters.telemetry import Telemetry
+from autoscaler.app.plugins import load_policy
+from autoscaler.core.config import Config, parse_config
+from autoscaler.core.warm_pool import STANDBY_PREFIX
 from autoscaler.daemon import Daemon
-from autoscaler.policy import load_policy
-from autoscaler.ray_actuator import RayActuator
-from autoscaler.ray_local import LocalAutoscalingCluster, LocalNodeType
-from autoscaler.ray_state import ClusterState, read_cluster_state
-from autoscaler.ray_warm_pool import RayWarmPool, placeholder_bundle
-from autoscaler.state_store import StateStore
-from autoscaler.telemetry import Telemetry
-from autoscaler.warm_pool import STANDBY_PREFIX
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType
+from autoscaler.ports import ClusterState
 from tests.ray.conftest import _ray_cli_available
-from tests.unit.daemon_fakes import FakeSource
+from tests.support.daemon_fakes import FakeSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 

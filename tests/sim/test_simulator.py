@@ -18,10 +18,11 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from autoscaler.config import ConfigError
-from autoscaler.policy import PolicyContext, PolicyDecision, load_policy
+from autoscaler.app.plugins import load_policy
+from autoscaler.app.simulate import simulate as simulate_command
+from autoscaler.core.config import ConfigError
+from autoscaler.core.policy_api import PolicyContext, PolicyDecision
 from autoscaler.sim import Scenario, SimRun, parse_scenario, simulate, summarize
-from autoscaler.sim.command import simulate as simulate_command
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.scenario import parse_duration
 
@@ -210,7 +211,7 @@ def test_warm_pool_is_sized_by_the_daemons_function_billed_and_never_given_to_ra
     run2 = simulate(sc, Schedule([(15, {"gpu1": 1}), (300, {"gpu1": 3})]))
     assert run2.live[300, gpu] == 3
     # ray-default stands for Ray without raytide: no pool even with the configuration on.
-    from autoscaler.policy import load_policy
+    from autoscaler.app.plugins import load_policy
 
     assert Simulation(sc, Schedule([])).pool_on
     assert not Simulation(sc, load_policy("ray-default")).pool_on

@@ -1,0 +1,228 @@
+"""The ports: the Protocols the daemon talks to, and the value types that cross them.
+
+The daemon depends on these, never on an adapter; each adapter (Ray, Prometheus, SQLite, MQTT) implements
+one and converts its wire types into the values here, so the loop can be driven by fakes in tests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol
+
+from autoscaler.core.queries import QueryResult
+from autoscaler.core.warm_pool import Standby
+from autoscaler.types import Plan, Resources, frozen_map
+
+# ------------------------------------------------------------------------------------------ cluster state
+
+DemandSource = Literal["task_actor", "placement_group", "floor"]
+
+AutoscalerVersion = Literal["v1", "v2"]
+
+
+def frozen_labels(values: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(values or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class RayNode:
+    """One Ray node (a raylet) as the GCS sees it."""
+
+    node_id: str
+    """Hex node id (what ``drain_node`` takes)."""
+    node_type: str
+    """Ray node type name (``available_node_types`` key), or ``unknown``."""
+    ip: str
+    status: str
+    """GCS node status: ``RUNNING``, ``IDLE``, ``DRAINING`` or ``DEAD``."""
+    idle_seconds: float | None
+    """How long the node has had no tasks/actors/placement groups; None while it has some."""
+    total: Resources = field(default_factory=frozen_map)
+    available: Resources = field(default_factory=frozen_map)
+    labels: Mapping[str, str] = field(default_factory=lambda: frozen_labels(None))
+    instance_id: str = ""
+    is_head: bool = False
+    activity: tuple[str, ...] = ()
+    """Why the node is busy, in Ray's words (e.g. "CPU: 1/4 in use")."""
+
+    @property
+    def alive(self) -> bool:
+        return self.status != "DEAD"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLaunch:
+    """Nodes of one type the autoscaler is launching (requested, allocating, or starting Ray)."""
+
+    node_type: str
+    count: int
+    stage: str
+    """``requested`` (launch asked of the cloud), ``allocating``/``starting`` and so on."""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DemandBundle:
+    """Resources someone is waiting for (or, for ``floor``, the requested minimum cluster shape)."""
+
+    resources: Resources
+    count: int
+    source: DemandSource
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchFailure:
+    node_type: str
+    count: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """What the GCS said at ``time`` (unix seconds)."""
+
+    time: float
+    autoscaler_version: AutoscalerVersion
+    nodes: tuple[RayNode, ...]
+    pending: tuple[PendingLaunch, ...] = ()
+    demand: tuple[DemandBundle, ...] = ()
+    failures: tuple[LaunchFailure, ...] = ()
+    notes: tuple[str, ...] = ()
+    """Partial information worth logging (e.g. the v1 report was missing)."""
+
+    @property
+    def workers(self) -> tuple[RayNode, ...]:
+        """Live non-head nodes."""
+        return tuple(n for n in self.nodes if n.alive and not n.is_head)
+
+    @property
+    def head(self) -> RayNode | None:
+        return next((n for n in self.nodes if n.is_head and n.alive), None)
+
+    def node_counts(self) -> dict[str, int]:
+        """Live worker nodes per node type (draining ones included: they still hold capacity)."""
+        return dict(Counter(n.node_type for n in self.workers))
+
+    def pending_counts(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for p in self.pending:
+            counts[p.node_type] += p.count
+        return dict(counts)
+
+    def node(self, node_id: str) -> RayNode:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(f"no node {node_id}")
+
+    def idle_nodes(self, node_type: str | None = None) -> tuple[RayNode, ...]:
+        return tuple(
+            n for n in self.workers if n.status == "IDLE" and (node_type is None or n.node_type == node_type)
+        )
+
+
+# ------------------------------------------------------------------------------------------ actions
+
+ActionStatus = Literal["intended", "sent", "confirmed", "failed", "abandoned"]
+
+ActionKind = Literal["floor", "release", "drain", "warm", "unwarm"]
+"""``floor``: set the autoscaler's resource floor; ``release``: withdraw it; ``drain``: drain an idle node;
+``warm``/``unwarm``: add or remove a standby (warm-pool) placement group."""
+
+PENDING_STATUSES: tuple[ActionStatus, ...] = ("intended", "sent")
+FINISHED_STATUSES: tuple[ActionStatus, ...] = ("confirmed", "failed", "abandoned")
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing the daemon does to the cluster, recorded before and after it is done."""
+
+    key: str
+    """Deterministic, so a retry or a restarted daemon finds the same row: ``drain:<node id>``,
+    ``floor:<tick>``."""
+    kind: ActionKind
+    shape: str | None
+    node_id: str | None
+    payload: Mapping[str, Any]
+    """What was asked for (counts, bundles, ...): what a reconciler needs to check or re-assert it."""
+    status: ActionStatus
+    created: float
+    updated: float
+    detail: str = ""
+    """Why it failed, Ray's refusal message, what reconciliation found."""
+    attempts: int = 1
+    """How often :meth:`StateStore.begin_action` started it."""
+
+    @property
+    def pending(self) -> bool:
+        return self.status in PENDING_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    node_id: str
+    accepted: bool
+    message: str = ""
+    """Ray's rejection reason (e.g. "The node to be idle terminated is no longer idle.")."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placeholder:
+    """A raytide placeholder as the GCS has it."""
+
+    name: str
+    shape: str
+    pg_id: str
+    state: str
+    """PENDING (waiting for a node), CREATED (holding one), RESCHEDULING (its node died)."""
+    node_id: str | None
+
+    def as_standby(self) -> Standby:
+        return Standby(self.name, self.shape, self.node_id if self.state == "CREATED" else None, self.pg_id)
+
+
+# ------------------------------------------------------------------------------------------ protocols
+
+
+class MetricsSource(Protocol):
+    """``PrometheusSource`` and ``RayExporterSource`` are metrics sources."""
+
+    async def query_templates(
+        self, names: Iterable[str] | None = None, *, at: float | None = None
+    ) -> dict[str, QueryResult]: ...
+
+
+class ClusterReader(Protocol):
+    """Reads the cluster state from the GCS. Blocking; raises on any failure."""
+
+    def __call__(self) -> ClusterState: ...
+
+
+class Actuator(Protocol):
+    """``RayActuator`` is one. Blocking; raises when the cluster cannot be asked."""
+
+    def set_target(self, counts: Mapping[str, int]) -> object: ...
+
+    def drain(self, node_id: str) -> DrainResult: ...
+
+
+class WarmPool(Protocol):
+    """``RayWarmPool`` is one. Blocking; raises when the cluster cannot be asked."""
+
+    def list(self) -> Sequence[Placeholder]: ...
+
+    def create(self, name: str, shape: str) -> bool: ...
+
+    def remove(self, name: str, pg_id: str | None = None) -> bool: ...
+
+
+class EventSink(Protocol):
+    """``EventPublisher`` is one."""
+
+    def publish_decision(self, plan: Plan) -> bool: ...
+
+    def publish_health(self, state: str, reasons: Iterable[str] = ()) -> bool: ...
