@@ -58,7 +58,7 @@ class ThroughputPolicy:
         prev = _float_pairs(ctx.state.get("backlog"))
         pending_since = _floats(ctx.state.get("pending_since"))
 
-        window = _rate_window_seconds(ctx)
+        window = ctx.config.prometheus.rate_window_seconds
         history = _histories(ctx.state.get("history"))
         recent: dict[str, float] = {}
         recent_tp: dict[str, float] = {}
@@ -159,15 +159,6 @@ def _history_row(row: object) -> list[float] | None:
     if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
         return None
     return [float(a), float(b), float(c)]
-
-
-def _rate_window_seconds(ctx: PolicyContext) -> float:
-    text = ctx.config.prometheus.rate_window
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
-        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
-            return float(text[: -len(suffix)]) * units[suffix]
-    return 60.0
 
 
 def _lead_seconds(ctx: PolicyContext, snap: Snapshot, pending_since: Mapping[str, float]) -> dict[str, float]:

@@ -85,7 +85,6 @@ __all__ = [
     "deriv",
     "evaluate_template",
     "labels_of",
-    "parse_duration",
     "parse_exposition",
     "parse_service_discovery",
     "rate",
@@ -127,21 +126,6 @@ Vector = dict[Labels, float]
 def labels_of(labels: Mapping[str, str]) -> Labels:
     """Canonical labels; an empty value means "no such label" in Prometheus, so it is dropped."""
     return tuple(sorted((k, v) for k, v in labels.items() if v != ""))
-
-
-_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """``rate_window`` (``30s``, ``1m``, ``500ms``, ``1h``) in seconds; it must be > 0."""
-    m = _DURATION.match(text.strip())
-    if m is None:
-        raise PrometheusConfigError(f"{text!r} is not a duration like 30s, 1m, 500ms or 1h")
-    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds <= 0:
-        raise PrometheusConfigError(f"duration {text!r} must be longer than 0")
-    return seconds
 
 
 def select_instant(
@@ -792,7 +776,7 @@ class RayExporterSource:
         metrics_path: str = "/metrics",
     ) -> None:
         check_template_names(config.queries, what="prometheus.queries override")
-        self._window = parse_duration(config.rate_window)
+        self._window = config.rate_window_seconds
         history = self._window + _HISTORY_MARGIN_SECONDS if history_seconds is None else history_seconds
         if not history >= self._window:
             raise PrometheusConfigError(

@@ -17,6 +17,7 @@ from autoscaler.app.config_file import load_config
 from autoscaler.app.config_file import state_path as config_state_path
 from autoscaler.app.plugins import PolicyLoadError, installed_policies, load_policy
 from autoscaler.core.config import EXAMPLE_CONFIG, Config, ConfigError, parse_config
+from autoscaler.core.durations import DurationError, parse_duration
 from autoscaler.types import Snapshot
 
 app = typer.Typer(
@@ -34,16 +35,10 @@ EXIT_MISSING_METRICS = 4
 
 
 def _parse_duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
-        if text.endswith(suffix):
-            try:
-                value = float(text[: -len(suffix)]) * units[suffix]
-            except ValueError:
-                break
-            if value >= 0:
-                return value
-    raise typer.BadParameter(f"{text!r} is not a duration like 30s, 5m or 1h")
+    try:
+        return parse_duration(text)
+    except DurationError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def _load(config_path: Path | None) -> tuple[Config, str]:

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from autoscaler.core.durations import parse_duration
 from autoscaler.types import NodeShape, frozen_map
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -155,6 +156,7 @@ class PrometheusConfig(_Strict):
     staleness_seconds: float = Field(default=60.0, gt=0)
     """A sample older than this is unknown, not a value."""
     rate_window: str = Field(default="1m", pattern=r"^[0-9]+(ms|s|m|h)$")
+    """PromQL's ``rate()`` window, substituted into the queries as written; longer than 0."""
     queries: dict[str, str] = Field(default_factory=dict)
     """Overrides of the PromQL templates, by template name (see docs/configuration.md)."""
 
@@ -169,6 +171,16 @@ class PrometheusConfig(_Strict):
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file")
         return self
+
+    @field_validator("rate_window")
+    @classmethod
+    def _window_positive(cls, v: str) -> str:
+        parse_duration(v, positive=True)
+        return v
+
+    @property
+    def rate_window_seconds(self) -> float:
+        return parse_duration(self.rate_window)
 
 
 class PolicyConfig(_Strict):

@@ -71,7 +71,7 @@ from autoscaler.core.observe import attribute_slots
 from autoscaler.core.policy_api import Policy
 from autoscaler.core.throughput import ThroughputModels
 from autoscaler.core.warm_pool import PoolMemory, pool_targets
-from autoscaler.sim.scenario import Scenario, lognormal_noise, parse_duration
+from autoscaler.sim.scenario import Scenario, lognormal_noise
 from autoscaler.types import Node, NodeShape, Reading, Snapshot, StageObservation, frozen_map
 
 _NO_POOL_POLICIES = frozenset({"ray-default"})
@@ -255,7 +255,7 @@ class _ShapeState:
 
 
 def _rate_window_seconds(config: Config) -> float:
-    return parse_duration(config.prometheus.rate_window)
+    return config.prometheus.rate_window_seconds
 
 
 class Simulation:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +22,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from autoscaler.core.config import Config, ConfigError, ConfigProblem, validate_yaml
+from autoscaler.core.durations import parse_duration
 
 __all__ = [
     "BurstyTrace",
@@ -46,32 +46,6 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 
 _DAY = 86400.0
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": _DAY}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like ``90s``, ``1h30m``, ``2h``."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        pos = 0
-        total = 0.0
-        for m in _PART.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if pos == len(text) and pos > 0:
-            return total
-    raise ValueError(f"{value!r} is not a duration (seconds, or like 90s, 15m, 1h30m)")
 
 
 def _parse_clock(value: Any) -> float:

@@ -23,7 +23,6 @@ from autoscaler.adapters.scrape import (
     deriv,
     evaluate_template,
     labels_of,
-    parse_duration,
     parse_exposition,
     parse_service_discovery,
     rate,
@@ -32,7 +31,7 @@ from autoscaler.adapters.scrape import (
 )
 from autoscaler.core.config import EXAMPLE_CONFIG, parse_config
 from autoscaler.core.observe import OBSERVE_TEMPLATES, build_snapshot
-from autoscaler.core.queries import TEMPLATES, PrometheusConfigError, QueryResult
+from autoscaler.core.queries import TEMPLATES, QueryResult
 
 DS = "dataset_0"
 DECODE = "MapBatches(decode)_2"
@@ -54,17 +53,6 @@ def test_every_default_template_has_a_plan_that_spells_it() -> None:
     assert set(PLANS) == set(TEMPLATES) - {"targets_down"}
     for name, plan in PLANS.items():
         assert plan.promql() == TEMPLATES[name]
-
-
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30.0), ("1m", 60.0), ("500ms", 0.5), ("2h", 7200.0)])
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["0s", "1d", "m", "-1s", ""])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(PrometheusConfigError):
-        parse_duration(text)
 
 
 # --- rate -----------------------------------------------------------------------------------------------
