@@ -226,3 +226,20 @@ class EventSink(Protocol):
     def publish_decision(self, plan: Plan) -> bool: ...
 
     def publish_health(self, state: str, reasons: Iterable[str] = ()) -> bool: ...
+
+
+class ServiceManager(Protocol):
+    """The service manager raytide runs under (systemd's notify protocol, for one); a no-op elsewhere.
+
+    The daemon calls ``ready`` once its first tick has observed the cluster, ``status`` and ``watchdog``
+    after every tick that completed (never from a timer: a stuck tick must stop the pings), and
+    ``stopping`` when it shuts down. Implementations never raise and never block.
+    """
+
+    def ready(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self) -> None: ...
