@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,29 @@ from pydantic import (
 )
 
 from autoscaler.core.durations import parse_duration
+from autoscaler.core.regex_guard import check_regex
 from autoscaler.types import NodeShape, frozen_map
 
 _M = TypeVar("_M", bound=BaseModel)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A configuration file larger than this is refused unread."""
+MAX_YAML_NODES = 100_000
+"""A document whose aliases expand to more nodes than this is refused (a billion-laughs file is 342 bytes)."""
+
+_DAY = 86400.0
+_BIG = 1e9
+"""Upper bound of money and rates: past it a number is a typing mistake, not a cluster."""
+_AMOUNT = 1e15
+"""Upper bound of a resource amount (Ray counts ``memory`` in bytes: a PiB)."""
+_MANY = 100_000
+"""Upper bound of node counts."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/NaN anywhere: an infinite price or timeout passes a ``ge=0`` check and then removes a bound.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ShapeConfig(_Strict):
@@ -35,10 +52,10 @@ class ShapeConfig(_Strict):
 
     name: str = Field(min_length=1)
     resources: dict[str, float]
-    price_per_hour: float = Field(ge=0)
-    min: int = Field(default=0, ge=0)
-    max: int = Field(default=100, ge=0)
-    launch_seconds: float = Field(default=120.0, gt=0)
+    price_per_hour: float = Field(ge=0, le=_BIG)
+    min: int = Field(default=0, ge=0, le=_MANY)
+    max: int = Field(default=100, ge=0, le=_MANY)
+    launch_seconds: float = Field(default=120.0, gt=0, le=_DAY)
 
     @field_validator("resources")
     @classmethod
@@ -46,8 +63,8 @@ class ShapeConfig(_Strict):
         if not v:
             raise ValueError("a node shape needs at least one resource")
         for name, amount in v.items():
-            if not math.isfinite(amount) or amount < 0:
-                raise ValueError(f"resource {name!r} must be a finite amount >= 0, got {amount}")
+            if not math.isfinite(amount) or not 0 <= amount <= _AMOUNT:
+                raise ValueError(f"resource {name!r} must be a finite amount from 0 to 1e15, got {amount}")
         return v
 
     @model_validator(mode="after")
@@ -78,17 +95,12 @@ class StageConfig(_Strict):
     resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     prior_rate: dict[str, float] = Field(default_factory=dict)
     """Units of work per second one slot does on each shape, used until observations say otherwise."""
-    max_slots: int | None = Field(default=None, ge=1)
+    max_slots: int | None = Field(default=None, ge=1, le=_MANY)
 
     @field_validator("operator", "dataset")
     @classmethod
     def _valid_regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"not a valid regular expression: {e}") from e
-        return v
+        return None if v is None else check_regex(v)
 
     @field_validator("resources")
     @classmethod
@@ -96,16 +108,16 @@ class StageConfig(_Strict):
         if not any(a > 0 for a in v.values()):
             raise ValueError("a stage slot must need some resource (e.g. CPU: 1)")
         for name, amount in v.items():
-            if not math.isfinite(amount) or amount < 0:
-                raise ValueError(f"resource {name!r} must be a finite amount >= 0, got {amount}")
+            if not math.isfinite(amount) or not 0 <= amount <= _AMOUNT:
+                raise ValueError(f"resource {name!r} must be a finite amount from 0 to 1e15, got {amount}")
         return v
 
     @field_validator("prior_rate")
     @classmethod
     def _rates_positive(cls, v: dict[str, float]) -> dict[str, float]:
         for shape, rate in v.items():
-            if not math.isfinite(rate) or rate <= 0:
-                raise ValueError(f"prior rate on {shape!r} must be a finite number > 0, got {rate}")
+            if not math.isfinite(rate) or not 0 < rate <= _BIG:
+                raise ValueError(f"prior rate on {shape!r} must be a finite number in (0, 1e9], got {rate}")
         return v
 
     def operator_pattern(self) -> re.Pattern[str]:
@@ -116,7 +128,7 @@ class StageConfig(_Strict):
 
 
 class TargetsConfig(_Strict):
-    drain_seconds: float = Field(default=120.0, gt=0)
+    drain_seconds: float = Field(default=120.0, gt=0, le=7 * _DAY)
     """A backlog should be worked off within this time."""
     headroom: float = Field(default=0.2, ge=0, le=10)
     """Extra capacity on top of the rate the stage needs (0.2 = 20%)."""
@@ -130,13 +142,14 @@ class TargetsConfig(_Strict):
 
 
 class BoundsConfig(_Strict):
-    max_nodes: int = Field(default=1000, ge=0)
-    budget_per_hour: float = Field(default=math.inf, ge=0)
-    max_step_up: int = Field(default=10, ge=1)
+    max_nodes: int = Field(default=1000, ge=0, le=_MANY)
+    budget_per_hour: float = Field(default=math.inf, ge=0, allow_inf_nan=True)
+    """Infinite (``.inf``, the default) for no budget."""
+    max_step_up: int = Field(default=10, ge=1, le=_MANY)
     """At most this many nodes added per shape in one tick."""
-    max_step_down: int = Field(default=2, ge=1)
+    max_step_down: int = Field(default=2, ge=1, le=_MANY)
     """At most this many nodes removed per shape in one tick."""
-    scale_down_window_seconds: float = Field(default=300.0, ge=0)
+    scale_down_window_seconds: float = Field(default=300.0, ge=0, le=_DAY)
     """Scale down only after every plan in this window asked for less."""
 
 
@@ -151,9 +164,9 @@ class PrometheusConfig(_Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure_skip_verify: bool = False
-    timeout_seconds: float = Field(default=5.0, gt=0)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     retries: int = Field(default=2, ge=0, le=10)
-    staleness_seconds: float = Field(default=60.0, gt=0)
+    staleness_seconds: float = Field(default=60.0, gt=0, le=_DAY)
     """A sample older than this is unknown, not a value."""
     rate_window: str = Field(default="1m", pattern=r"^[0-9]+(ms|s|m|h)$")
     """PromQL's ``rate()`` window, substituted into the queries as written; longer than 0."""
@@ -194,9 +207,9 @@ class DaemonConfig(_Strict):
 
     interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     """One tick (observe → decide → act → publish) starts this often."""
-    observe_timeout_seconds: float = Field(default=10.0, gt=0)
+    observe_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     """A metrics query round or a GCS read slower than this counts as failed for the tick (hold)."""
-    act_timeout_seconds: float = Field(default=30.0, gt=0)
+    act_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """A floor or drain call slower than this counts as failed (a drain's outcome is checked later)."""
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(default=9464, ge=0, le=65535)
@@ -207,9 +220,9 @@ class DaemonConfig(_Strict):
     log_level: str = "INFO"
     drain_share_per_tick: float = Field(default=0.25, gt=0, le=1)
     """At most this share of a shape's nodes (at least one) is drained per tick."""
-    drain_confirm_seconds: float = Field(default=120.0, gt=0)
+    drain_confirm_seconds: float = Field(default=120.0, gt=0, le=_DAY)
     """An accepted drain whose node is still alive after this long is recorded as abandoned."""
-    floor_grace_seconds: float = Field(default=60.0, gt=0)
+    floor_grace_seconds: float = Field(default=60.0, gt=0, le=_DAY)
     """A shape with fewer nodes than its floor and none launching this long makes the daemon degraded (Ray
     does not say when its autoscaler ignores a floor; see ``autoscaler/core/floor_watch.py``)."""
 
@@ -226,7 +239,7 @@ class RayConfig(_Strict):
     use_coordinator: bool | Literal["auto"] = "auto"
     """Register with Ray Data's ``AutoscalingCoordinator`` when it exists (``auto``), or always own the floor
     (false)."""
-    timeout_seconds: float = Field(default=10.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
 
 class MqttConfig(_Strict):
@@ -247,13 +260,13 @@ class WarmPoolConfig(_Strict):
     """Standby nodes held by placeholder placement groups, claimed in well under a second (issue 5)."""
 
     enabled: bool = False
-    budget_per_hour: float = Field(default=math.inf, ge=0)
+    budget_per_hour: float = Field(default=math.inf, ge=0, allow_inf_nan=True)
     """What standby nodes may cost together; ``bounds.budget_per_hour`` still caps plan + pool."""
     percentile: float = Field(default=0.95, ge=0, le=1)
     """The pool covers this quantile of the plan's rises within one cold-launch lead time."""
     launch_percentile: float = Field(default=0.9, ge=0, le=1)
     """The lead time is this quantile of the observed launch times (``launch_seconds`` before any)."""
-    history_seconds: float = Field(default=3600.0, gt=0)
+    history_seconds: float = Field(default=3600.0, gt=0, le=7 * _DAY)
     """How far back the plan's rises are looked at; a quiet stretch this long empties the pool to ``min``."""
     min: dict[str, int] = Field(default_factory=dict)
     """Shape → standby nodes kept whatever the history says (still within the caps)."""
@@ -263,7 +276,7 @@ class WarmPoolConfig(_Strict):
     """Claim standby nodes for work waiting in Ray (GCS pending demand) between ticks, not only for plans."""
     claim_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     """How often the GCS is read for waiting work while standby nodes are ready (a nudge reads it at once)."""
-    refill_delay_seconds: float = Field(default=3.0, ge=0)
+    refill_delay_seconds: float = Field(default=3.0, ge=0, le=3600)
     """A shape's pool is refilled this long after its last claim, so a refill cannot take the claimed node
     back before the waiting work lands on it."""
 
@@ -271,8 +284,8 @@ class WarmPoolConfig(_Strict):
     @classmethod
     def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
         for name, n in v.items():
-            if n < 0:
-                raise ValueError(f"{name!r}: must be >= 0, got {n}")
+            if not 0 <= n <= _MANY:
+                raise ValueError(f"{name!r}: must be from 0 to {_MANY}, got {n}")
         return v
 
 
@@ -292,14 +305,19 @@ class Config(_Strict):
     ignore_operators: str = r"^(Input|InputDataBuffer)(_\d+)?$"
     """Operators matching this regular expression are not stages (Ray Data's internal input buffers)."""
 
+    @field_validator("ignore_operators")
+    @classmethod
+    def _valid_regex(cls, v: str) -> str:
+        return check_regex(v)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         names = [s.name for s in self.shapes]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, k in Counter(names).items() if k > 1)
         if dupes:
             raise ValueError(f"node shape names must be unique; repeated: {', '.join(dupes)}")
         stage_names = [s.name for s in self.stages]
-        sdupes = sorted({n for n in stage_names if stage_names.count(n) > 1})
+        sdupes = sorted(n for n, k in Counter(stage_names).items() if k > 1)
         if sdupes:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(sdupes)}")
         known = set(names)
@@ -377,22 +395,83 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{lines}")
 
 
-def _line_index(
-    node: yaml.Node | None, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
-) -> None:
-    """Map every path in a YAML document to its 1-based line, so problems point at the file."""
-    if node is None:
-        return
-    out[prefix] = node.start_mark.line + 1
+def _compose(text: str) -> yaml.Node | None:
+    """The document's node graph, parsed once (the C parser where PyYAML has it)."""
+    loader = _LOADER(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _construct(root: yaml.Node) -> Any:
+    loader = _LOADER("")
+    try:
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TOO_DEEP = "not valid YAML: nested too deeply"
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has once every alias is expanded, counted without expanding them
+    (capped just past the limit; a self-referencing alias counts as over it)."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # post-order without recursion: the nesting depth is the file's choice
+        node, done = stack.pop()
+        if done:
+            visiting.discard(id(node))
+            total = 1 + sum(sizes[id(c)] for c in _children(node))
+            sizes[id(node)] = min(total, MAX_YAML_NODES + 1)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in visiting:
+            return MAX_YAML_NODES + 1
+        visiting.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
-            out[(*prefix, k)] = key.start_mark.line + 1
-            _line_index(value, (*prefix, k), out)
-            out[(*prefix, k)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*prefix, i), out)
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _line_index(root: yaml.Node, problems: list[ConfigProblem]) -> dict[tuple[str | int, ...], int]:
+    """Map every path in a YAML document to its 1-based line, so problems point at the file; note every
+    key given twice in one mapping (YAML would silently keep the last)."""
+    out: dict[tuple[str | int, ...], int] = {}
+    stack: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(root, ())]
+    while stack:
+        node, prefix = stack.pop()
+        out.setdefault(prefix, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+                line = key.start_mark.line + 1
+                if k in seen:
+                    problems.append(
+                        ConfigProblem(
+                            _format_path((*prefix, k)), line, f"given twice (first on line {seen[k]})"
+                        )
+                    )
+                seen.setdefault(k, line)
+                out[(*prefix, k)] = line
+                stack.append((value, (*prefix, k)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*prefix, n)) for n, item in enumerate(node.value))
+    return out
 
 
 def _format_path(loc: tuple[str | int, ...]) -> str:
@@ -416,19 +495,43 @@ def validate_yaml(
     """Parse YAML and validate it as ``model``; raise ConfigError listing every problem with its path and
     line in the file. ``ignore_in_path`` drops location parts that are not keys in the file (e.g. the tag
     names of a discriminated union)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            source, [ConfigProblem("(file)", None, f"larger than {MAX_CONFIG_BYTES // 1024} KiB")]
+        )
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        root = _compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(source, [ConfigProblem("(file)", line, f"not valid YAML: {e}")]) from e
+    except RecursionError as e:
+        raise ConfigError(source, [ConfigProblem("(file)", None, _TOO_DEEP)]) from e
+    if root is None:
+        data: Any = {}
+        lines: dict[tuple[str | int, ...], int] = {}
+    else:
+        if _expanded_size(root) > MAX_YAML_NODES:
+            raise ConfigError(
+                source,
+                [ConfigProblem("(file)", None, f"YAML aliases expand to more than {MAX_YAML_NODES} nodes")],
+            )
+        duplicates: list[ConfigProblem] = []
+        lines = _line_index(root, duplicates)
+        if duplicates:
+            raise ConfigError(source, duplicates)
+        try:
+            data = _construct(root)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            raise ConfigError(source, [ConfigProblem("(file)", line, f"not valid YAML: {e}")]) from e
+        except RecursionError as e:
+            raise ConfigError(source, [ConfigProblem("(file)", None, _TOO_DEEP)]) from e
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("(top level)", 1, f"{what} must be a YAML mapping")])
-    lines: dict[tuple[str | int, ...], int] = {}
-    _line_index(root, (), lines)
     try:
         return model.model_validate(data)
     except ValidationError as e:
