@@ -399,7 +399,8 @@ def _compose(text: str) -> yaml.Node | None:
     """The document's node graph, parsed once (the C parser where PyYAML has it)."""
     loader = _LOADER(text)
     try:
-        return loader.get_single_node()
+        node: yaml.Node | None = loader.get_single_node()
+        return node
     finally:
         loader.dispose()
 
