@@ -1,4 +1,4 @@
-"""deploy/prometheus: ``promtool check rules`` and ``promtool test rules``; every alert tested and documented."""
+"""deploy/prometheus: `promtool check rules` and `test rules`; every alert tested and documented."""
 
 from __future__ import annotations
 
