@@ -1,19 +1,10 @@
-"""JSON (de)serialisation of the core value types: :class:`Snapshot` and :class:`Plan`.
+"""JSON (de)serialisation of the core value types :class:`Snapshot` and :class:`Plan`, as versioned documents.
 
-Used by the state store (the decision log keeps every tick's inputs and outcome) and by anything else that
-must hand a snapshot or plan to another process. Pure: no I/O beyond ``json``.
-
-- **Exact.** ``snapshot_from_json(snapshot_to_json(s)) == s`` and the same for plans (dataclass equality);
-  mapping fields come back as read-only ``MappingProxyType`` like the originals.
-- **Strict JSON out.** Non-finite numbers (a ``Reading`` built directly around ``inf``, an infinite rate)
-  are written as the strings ``"Infinity"``, ``"-Infinity"`` and ``"NaN"``, never as the non-standard
-  bare tokens, so the documents load in any JSON parser.
-- **Versioned.** :func:`encode` wraps a body in ``{"kind": ..., "version": ..., "data": ...}``;
-  :func:`decode_snapshot` / :func:`decode_plan` refuse a version newer than this build and upgrade older ones.
-- **Loud.** Malformed input raises ``ValueError`` naming the first bad field by its path
-  (``snapshot.stages[2].backlog.value: expected a number, got 'x'``). Unknown keys are malformed too, so a
-  document from a newer build is refused rather than read with fields silently dropped; missing keys whose
-  field has a default take the default, so adding a defaulted field needs no version bump.
+Used by the state store (the decision log keeps every tick's inputs and outcome). Round trips are exact, maps
+come back read-only; non-finite numbers are written as ``"Infinity"``, ``"-Infinity"`` and ``"NaN"``, so the
+output is strict JSON; :func:`encode` wraps a body in ``{"kind", "version", "data"}`` and the decoders upgrade
+older versions; malformed input (unknown keys included) raises ``ValueError`` naming the path of the first
+bad field, and a missing key whose field has a default takes it. Pure: no I/O beyond ``json``.
 """
 
 from __future__ import annotations
@@ -65,6 +56,11 @@ _NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
 _MISSING: Any = object()
 _T = TypeVar("_T")
 
+
+# Hand-written rather than msgspec: on the core dataclasses msgspec keeps neither the non-finite strings, the
+# read-only maps, the version-1 bytes nor the refusal of unknown keys, and even through mirror types it names
+# no map key in its errors, checks nothing when encoding and writes some numbers differently from version 1.
+# bench/codec.py checks each of these and measures both.
 
 # ------------------------------------------------------------------------------------------ envelope
 
