@@ -18,9 +18,10 @@ from rich.table import Table
 
 from autoscaler.app.plugins import PolicyLoadError, installed_policies, load_policy
 from autoscaler.core.config import ConfigError
+from autoscaler.core.durations import parse_duration
 from autoscaler.core.policy_api import Policy
 from autoscaler.sim.results import RunResult, run_policy
-from autoscaler.sim.scenario import Scenario, parse_duration, resolve_scenarios
+from autoscaler.sim.scenario import SimScenario, resolve_scenarios
 
 __all__ = ["EXIT_USAGE", "load_policies", "results_json", "simulate"]
 
@@ -45,7 +46,10 @@ def load_policies(names: list[str] | None, *, warn: Console | None = None) -> li
 
 
 def results_json(
-    scenarios: list[tuple[Path, Scenario]], results: dict[str, dict[str, RunResult]], *, series: bool = False
+    scenarios: list[tuple[Path, SimScenario]],
+    results: dict[str, dict[str, RunResult]],
+    *,
+    series: bool = False,
 ) -> dict[str, Any]:
     """The stable JSON document: scenarios in the order run, policies in the order given."""
     return {
@@ -67,7 +71,7 @@ def _fmt_opt(v: float | int | None, fmt: str) -> str:
     return "—" if v is None else format(v, fmt)
 
 
-def _table(sc: Scenario, runs: dict[str, RunResult]) -> Table:
+def _table(sc: SimScenario, runs: dict[str, RunResult]) -> Table:
     hours = sc.duration / 3600.0
     table = Table(title=f"{sc.name} — {sc.description} ({hours:.3g} h, seed {sc.seed})", title_justify="left")
     for col in (

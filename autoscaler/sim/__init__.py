@@ -8,10 +8,11 @@ runs (guardrails and planner included). Public API::
     print(summarize(run).metrics.to_json())
 """
 
-from autoscaler.sim.engine import DecisionRecord, NodeLog, SimRun, Simulation, simulate
+from autoscaler.sim.engine import Simulation, simulate
+from autoscaler.sim.records import NodeLog, SimDecision, SimRun
 from autoscaler.sim.results import Convergence, RunMetrics, RunResult, Series, run_policy, summarize
 from autoscaler.sim.scenario import (
-    Scenario,
+    SimScenario,
     load_scenario,
     parse_scenario,
     resolve_scenarios,
@@ -20,13 +21,13 @@ from autoscaler.sim.scenario import (
 
 __all__ = [
     "Convergence",
-    "DecisionRecord",
     "NodeLog",
     "RunMetrics",
     "RunResult",
-    "Scenario",
     "Series",
+    "SimDecision",
     "SimRun",
+    "SimScenario",
     "Simulation",
     "load_scenario",
     "parse_scenario",

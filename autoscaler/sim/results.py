@@ -65,8 +65,9 @@ import numpy as np
 import numpy.typing as npt
 
 from autoscaler.core.policy_api import Policy
-from autoscaler.sim.engine import DecisionRecord, SimRun, simulate
-from autoscaler.sim.scenario import Scenario
+from autoscaler.sim.engine import simulate
+from autoscaler.sim.records import SimDecision, SimRun
+from autoscaler.sim.scenario import SimScenario
 
 __all__ = ["Convergence", "RunMetrics", "RunResult", "Series", "run_policy", "summarize"]
 
@@ -231,7 +232,7 @@ def _backlog_ages(run: SimRun) -> tuple[float, float]:
     return float(np.percentile(ages, 95)), float(ages.max())
 
 
-def _settled(run: SimRun, window: Sequence[DecisionRecord], last: int) -> int | None:
+def _settled(run: SimRun, window: Sequence[SimDecision], last: int) -> int | None:
     """``last`` (a decision number in ``window``) when another decision follows it and, at it or some
     decision after it, no stage misses the SLO; else None."""
     if last >= len(window):
@@ -378,7 +379,7 @@ def summarize(run: SimRun) -> RunResult:
 
 
 def run_policy(
-    scenario: Scenario, policy: Policy, *, progress: Callable[[float, float], None] | None = None
+    scenario: SimScenario, policy: Policy, *, progress: Callable[[float, float], None] | None = None
 ) -> RunResult:
     """Simulate ``policy`` on ``scenario`` and summarise the run."""
     return summarize(simulate(scenario, policy, progress=progress))

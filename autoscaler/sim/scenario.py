@@ -28,7 +28,7 @@ __all__ = [
     "BurstyTrace",
     "DailyBatchTrace",
     "NoisyDiurnalTrace",
-    "Scenario",
+    "SimScenario",
     "SteadyTrace",
     "StepTrace",
     "Trace",
@@ -303,7 +303,10 @@ class WorldConfig(_Strict):
 # ------------------------------------------------------------------------------------------ scenario
 
 
-class Scenario(_Strict):
+class SimScenario(_Strict):
+    """One simulation scenario (a ``scenarios/*.yaml`` file): raytide's configuration, the world behind it,
+    and the input trace. (``autoscaler.testing.Scenario`` is another thing: a contract check's input.)"""
+
     name: str = Field(min_length=1)
     description: str = ""
     default: bool = True
@@ -319,7 +322,7 @@ class Scenario(_Strict):
     trace: Trace
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> Scenario:
+    def _cross_checks(self) -> SimScenario:
         ratio = self.decision_interval / self.step_seconds
         if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
             raise ValueError(
@@ -391,22 +394,22 @@ class Scenario(_Strict):
             raise ValueError("the stages do not form one chain (a cycle or a detached stage)")
         return tuple(order)
 
-    def with_duration(self, seconds: float) -> Scenario:
+    def with_duration(self, seconds: float) -> SimScenario:
         """The same scenario, run for ``seconds`` instead."""
         data = self.model_dump()
         data["duration"] = seconds
-        return Scenario.model_validate(data)
+        return SimScenario.model_validate(data)
 
 
-def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
+def parse_scenario(text: str, source: str = "<scenario>") -> SimScenario:
     """Parse and validate a scenario; raise ConfigError listing every problem with its path and line."""
-    return validate_yaml(text, source, Scenario, what="a scenario", ignore_in_path=_TRACE_KINDS)
+    return validate_yaml(text, source, SimScenario, what="a scenario", ignore_in_path=_TRACE_KINDS)
 
 
 _TRACE_KINDS = frozenset({"steady", "step", "bursty", "daily_batch", "noisy_diurnal"})
 
 
-def load_scenario(path: Path | str) -> Scenario:
+def load_scenario(path: Path | str) -> SimScenario:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -427,13 +430,13 @@ def scenarios_dir() -> Path | None:
     return None
 
 
-def resolve_scenarios(refs: list[str] | None) -> list[tuple[Path, Scenario]]:
+def resolve_scenarios(refs: list[str] | None) -> list[tuple[Path, SimScenario]]:
     """Scenario files from paths, directories or names (``step`` → ``scenarios/step.yaml``), loaded.
 
     No refs: every scenario in ``scenarios_dir()`` marked ``default: true``; a directory likewise. A file or a
     name is taken whatever its ``default``. Raises ConfigError for a file that is missing or invalid.
     """
-    out: list[tuple[Path, Scenario]] = []
+    out: list[tuple[Path, SimScenario]] = []
     if not refs:
         base = scenarios_dir()
         if base is None:
@@ -462,3 +465,7 @@ def resolve_scenarios(refs: list[str] | None) -> list[tuple[Path, Scenario]]:
                 p = named
         out.append((p, load_scenario(p)))
     return out
+
+
+Scenario = SimScenario
+"""The old name, kept only while ``bench/policies.py`` imports it; use :class:`SimScenario`."""

@@ -22,7 +22,7 @@ from autoscaler.app.plugins import load_policy
 from autoscaler.app.simulate import simulate as simulate_command
 from autoscaler.core.config import ConfigError
 from autoscaler.core.policy_api import PolicyContext, PolicyDecision
-from autoscaler.sim import Scenario, SimRun, parse_scenario, simulate, summarize
+from autoscaler.sim import SimRun, SimScenario, parse_scenario, simulate, summarize
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.scenario import parse_duration
 
@@ -64,7 +64,7 @@ BASE: dict[str, Any] = {
 }
 
 
-def scenario(**changes: Any) -> Scenario:
+def scenario(**changes: Any) -> SimScenario:
     """BASE with dotted-path changes, e.g. ``scenario(**{"world.drain_seconds": 0})``."""
     data = copy.deepcopy(BASE)
     for path, value in changes.items():
@@ -73,7 +73,7 @@ def scenario(**changes: Any) -> Scenario:
         for k in keys[:-1]:
             node = node[int(k)] if isinstance(node, list) else node[k]
         node[keys[-1]] = value
-    return Scenario.model_validate(data)
+    return SimScenario.model_validate(data)
 
 
 class Schedule:
@@ -321,7 +321,7 @@ def test_command_prints_json_and_writes_a_plot(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ Ray Data reservation
 
 
-def three_stages(ratio: float, **changes: Any) -> Scenario:
+def three_stages(ratio: float, **changes: Any) -> SimScenario:
     """decode (CPU) → infer (GPU) → postprocess (CPU) on 2 × cpu4 + 1 × gpu1 (12 CPUs, 1 GPU), with far more
     input than decode can take: decode always has a queue."""
     data = copy.deepcopy(BASE)
@@ -333,7 +333,7 @@ def three_stages(ratio: float, **changes: Any) -> Scenario:
     data["trace"] = {"kind": "steady", "rate": 200.0}
     data["duration"] = 300
     data.update(changes)
-    return Scenario.model_validate(data)
+    return SimScenario.model_validate(data)
 
 
 HOLD = Schedule([])
@@ -341,21 +341,21 @@ HOLD = Schedule([])
 
 def test_reservation_follows_ray_data() -> None:
     sim = Simulation(three_stages(0.5), HOLD)
-    cpu, gpu = sim.resources.index("CPU"), sim.resources.index("GPU")
-    own, shared = sim._reservations([2, 1])  # 12 CPUs, 1 GPU
+    cpu, gpu = sim.pipeline.resources.index("CPU"), sim.pipeline.resources.index("GPU")
+    own, shared = sim.pipeline.reservations([2, 1])  # 12 CPUs, 1 GPU
     # 0.5 × 12 CPUs / 3 stages = 2 CPUs each, upstream first; GPU only for the stage that uses it, and at
     # least one slot (0.5 × 1 GPU / 3 is less than the one GPU an infer actor needs).
     assert [r[cpu] for r in own] == pytest.approx([2.0, 2.0, 2.0])
     assert [r[gpu] for r in own] == pytest.approx([0.0, 1.0, 0.0])
     assert shared[cpu] == pytest.approx(6.0) and shared[gpu] == pytest.approx(0.0)
     # No GPU node: infer's minimum (one GPU) does not fit, so it reserves nothing at all.
-    own, shared = sim._reservations([2, 0])
+    own, shared = sim.pipeline.reservations([2, 0])
     assert [r[cpu] for r in own] == pytest.approx([8 / 6, 0.0, 8 / 6])
     assert shared[cpu] == pytest.approx(8 - 16 / 6)
     # max_slots caps a reservation; the rest goes to the shared pool.
     capped = Simulation(three_stages(0.5), HOLD)
-    capped.max_slots[2] = 1.0
-    own, shared = capped._reservations([2, 1])
+    capped.pipeline.max_slots[2] = 1.0
+    own, shared = capped.pipeline.reservations([2, 1])
     assert own[2][cpu] == pytest.approx(1.0) and shared[cpu] == pytest.approx(7.0)
 
 
