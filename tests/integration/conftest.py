@@ -10,54 +10,30 @@ Fixtures (session-scoped, so Prometheus starts once per run):
   (e.g. until ``rate()`` has two samples to work with).
 - ``prometheus_url`` → its base URL, e.g. ``http://127.0.0.1:41234``.
 
-The capture is ``<repo>/../shared/fixtures/ray-2.60-two-stage/scrapes.tgz``; ``RAYTIDE_FIXTURES`` names
-another fixtures directory (or the ``.tgz`` itself). Without the ``prometheus`` binary the tests are skipped,
+The capture is ``tests/integration/fixtures/ray-2.60-two-stage/scrapes.tgz``, part of the repository: a
+missing capture fails the tests that replay it. Without the ``prometheus`` binary the tests are skipped,
 unless ``CI`` is set: there a missing server is a broken build, not a reason to skip.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.replay import PrometheusServer, PrometheusStartError, ReplayExporter, load_frames
+from tests.support.programs import prometheus_binary
 
-REPO = Path(__file__).resolve().parents[2]
-CAPTURE = Path("ray-2.60-two-stage") / "scrapes.tgz"
-
-
-def capture_archive() -> Path:
-    override = os.environ.get("RAYTIDE_FIXTURES")
-    if override:
-        path = Path(override)
-        return path if path.suffix in (".tgz", ".gz") else path / CAPTURE
-    return REPO.parent / "shared" / "fixtures" / CAPTURE
-
-
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
-    )
-    if found is None:
-        reason = "the 'prometheus' binary is not installed (`make system-deps` or apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so this is an error, not a skip")
-        pytest.skip(reason)
-    return found
+CAPTURE = Path(__file__).parent / "fixtures" / "ray-2.60-two-stage" / "scrapes.tgz"
+"""The Ray capture (see :mod:`tests.integration.replay`)."""
 
 
 @pytest.fixture(scope="session")
 def replay_exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplayExporter]:
-    archive = capture_archive()
-    if not archive.exists():
-        pytest.skip(
-            f"the Ray capture {archive} does not exist (set RAYTIDE_FIXTURES to its fixtures directory)"
-        )
-    frames = load_frames(archive, tmp_path_factory.mktemp("capture"))
+    if not CAPTURE.is_file():
+        pytest.fail(f"the Ray capture {CAPTURE} is missing from the repository")
+    frames = load_frames(CAPTURE, tmp_path_factory.mktemp("capture"))
     replay = ReplayExporter(frames)
     replay.start()
     replay.play()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -26,29 +24,13 @@ import pytest
 from autoscaler.adapters.mqtt_events import DECISION_SCHEMA, HEALTH_SCHEMA, EventPublisher
 from autoscaler.adapters.telemetry import Telemetry
 from autoscaler.types import Plan, ShapeChange, UnmetDemand
+from tests.integration.replay import free_port
+from tests.support.programs import mosquitto_binary
 
 pytestmark = pytest.mark.integration
 
 CLUSTER = "itest"
 PREFIX = f"raytide/{CLUSTER}"
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found is None:
-        reason = "the 'mosquitto' broker is not installed (apt-get install mosquitto)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so this is an error, not a skip")
-        pytest.skip(reason)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Mosquitto:
