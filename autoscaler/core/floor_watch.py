@@ -1,11 +1,9 @@
 """Notice a resource floor the Ray autoscaler is not carrying out.
 
-Ray never answers a floor. Autoscaler v2 drops a whole request it cannot meet (on Ray 2.60, a node type's
-``max_workers`` below what the floor asks launched nothing at all, and the cluster status said nothing);
-v1 launches up to the maximum and stops there. The same silence follows a node type Ray does not know, or
-a provider that cannot launch. What raytide can see is the result: a shape with fewer nodes alive than its
+Ray never answers a floor, so what raytide can see is the result: a shape with fewer nodes alive than its
 floor and nothing launching for it. Once that has lasted ``grace`` seconds the tick is degraded with the
-shortfall, until the nodes come or the floor drops. Pure: the daemon keeps the ``since`` map.
+shortfall, until the nodes come or the floor drops (docs/architecture.md, "Acting on Ray"). Pure: the daemon
+keeps the ``since`` map.
 """
 
 from __future__ import annotations

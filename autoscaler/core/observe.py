@@ -1,22 +1,9 @@
 """Turn Prometheus query results into one ``Snapshot`` — a pure function, no I/O, no clock.
 
-Rules that keep "no data" from ever looking like "no load":
-
-- a template whose query failed makes the matching reading of every stage unknown, with the failure as reason;
-- a stage that one template reports and another does not gets that reading unknown ("no series for ...");
-- NaN/±Inf, negative backlogs, rates or slot counts become unknown, with the reason;
-- a stage whose newest sample is older than ``prometheus.staleness_seconds`` has all its readings unknown;
-- node counts are only taken as 0 for a shape when the autoscaler answered about other node types.
-
-Every such problem is also written to ``Snapshot.errors`` in words a person can act on.
-
-Units: backlog in blocks, throughput and arrival in blocks per second, ``Node.cpu_utilization`` and
-``Node.gpu_utilization`` in percent (0–100, as Ray reports them).
-
-Node shapes of individual nodes: Ray's node metrics carry ``ip`` and ``RayNodeType`` (only ``head`` or
-``worker``), not the node-type name, so ``Node.shape`` is ``""`` (not known) unless a series carries one of
-``NODE_SHAPE_LABELS`` whose value is a configured shape (e.g. added by relabelling, with a template override
-that keeps the label). Shape counts come from the autoscaler's own metrics instead.
+"No data" never looks like "no load": a failed query, a missing series, a non-finite or negative value or a
+stale stage makes that reading unknown with the reason, and every problem goes to ``Snapshot.errors`` in
+words a person can act on (the rules: docs/architecture.md, "Observing"). Units: backlog in blocks,
+throughput and arrival in blocks per second, node utilization in percent (0–100, as Ray reports it).
 """
 
 from __future__ import annotations
@@ -47,6 +34,8 @@ OBSERVE_TEMPLATES = (
 """The templates ``build_snapshot`` reads; query at least these."""
 
 NODE_SHAPE_LABELS = ("NodeType", "node_type", "ray_io_node_group")
+"""Labels that give a node's shape when their value is a configured shape: Ray's node metrics carry only
+``ip`` and ``RayNodeType`` (``head`` or ``worker``), so without one ``Node.shape`` is ``""`` (not known)."""
 
 _READING_OF = {
     "stage_backlog": "backlog",

@@ -1,16 +1,9 @@
 """The PromQL raytide asks Prometheus, and the shape of the answers.
 
-Pure data: no network code lives here, so the observe step (pure) and the Prometheus adapter (httpx) can both
-import it.
-
-Work is counted in blocks for every stage: Ray Data's queue metrics count blocks and
-``ray_data_num_task_inputs_processed`` counts task inputs, which are blocks, so a backlog and a rate of the
-same stage share a unit. Every stage template keeps exactly the ``dataset`` and ``operator`` labels
-(``WorkerId`` and the rest are summed away); every node template keeps ``instance`` and ``ip``, because on a
-fake multinode cluster all nodes share one ip and only Prometheus' ``instance`` label tells them apart.
-
-The only placeholder is ``{window}`` (``PrometheusConfig.rate_window``). It is substituted textually rather
-than with ``str.format`` because PromQL itself uses braces for label matchers.
+Pure data, so the observe step (pure) and the Prometheus adapter (httpx) can both import it. Every stage
+template counts work in blocks and keeps exactly the ``dataset`` and ``operator`` labels; every node template
+keeps ``instance`` and ``ip``. ``{window}`` (``PrometheusConfig.rate_window``) is the only placeholder,
+substituted textually (PromQL uses braces itself). Why: docs/architecture.md, "Observing".
 """
 
 from __future__ import annotations

@@ -1,35 +1,7 @@
-"""The warm pool, pure part: how many standby nodes of each shape to keep, and which ones to claim.
-
-A standby node is a node of a shape whose whole capacity is held by a raytide placeholder placement group
-(:mod:`autoscaler.adapters.ray.placeholders` does the Ray side). Ray schedules nothing on it and never
-ends it as idle;
-claiming it (removing the placeholder) makes its capacity usable at once, while a cold launch takes the
-shape's launch time. Everything here is a pure function of explicit inputs, like the rest of the core.
-
-**Sizing** (:func:`pool_targets`). Per shape, the pool should cover the rise in wanted nodes that can come
-within one cold-launch lead time — the time a replacement needs to arrive:
-
-- the lead time is a high percentile of the launch times observed for the shape (:class:`LaunchTimer`:
-  from a rise in pending launches to a new node joining), or the configured ``launch_seconds`` before any
-  was seen;
-- the rise is taken from the recent history of the plan's targets (``history_seconds``): for each past
-  plan, how much higher the target went within the lead time after it; the pool covers the
-  ``percentile`` of those rises. Quiet history → no rise → the pool shrinks to ``min``.
-
-The result is capped, in this order: the shape's ``max`` minus its planned count, ``warm_pool.max`` for
-the shape, ``bounds.max_nodes`` minus the planned nodes, and the money left under both the warm-pool budget
-and ``bounds.budget_per_hour`` after the plan — standby nodes cost what active ones cost. A policy can set
-the targets itself (``PolicyDecision.warm_pool``); the same caps apply.
-
-**Claiming** (:func:`plan_pool`, :func:`claims_for_waiting`). When the plan wants more nodes of a shape
-than it has, ready standby nodes are claimed first and only the rest launches cold. Work already waiting
-in Ray for resources (the GCS's pending demand) claims standby nodes between ticks too, so a backlog jump
-does not wait for the next interval.
-
-**Counting.** The policy sees standby nodes neither as capacity nor as cost: :func:`active_counts` takes
-them out of the live and pending counts. It counts by number, not by node, because a placeholder may land
-on any node of its shape, including an idle one the plan counted: the floor (plan + pool) then launches a
-replacement, which shows up as pending, and the count the plan sees stays the same.
+"""The warm pool, pure part: how many standby nodes of each shape to keep (:func:`pool_targets`), which to
+claim for the plan or for work waiting in Ray (:func:`plan_pool`, :func:`claims_for_waiting`), and the
+counts the plan sees without them (:func:`active_counts`). The Ray side is
+:mod:`autoscaler.adapters.ray.placeholders`; the design is in docs/architecture.md ("The warm pool").
 """
 
 from __future__ import annotations
@@ -286,7 +258,7 @@ def pool_targets(
     *,
     override: Mapping[str, int] | None = None,
 ) -> PoolTargets:
-    """How many standby nodes of each shape to keep next to ``plan_targets`` (see the module docstring)."""
+    """How many standby nodes of each shape to keep next to ``plan_targets`` (see docs/architecture.md)."""
     wp = config.warm_pool
     shapes = config.node_shapes()
     if not wp.enabled:
@@ -407,7 +379,7 @@ def plan_pool(
         have = len(left_ready) + len(waiting)
         want = int(targets.counts.get(shape, 0))
         if have > want:
-            # Retire the ones without a node first (nothing to drain), newest first.
+            # Those without a node first: nothing to drain.
             order = sorted(waiting, key=lambda m: -m.serial) + sorted(left_ready, key=lambda m: -m.serial)
             retire.extend(order[: have - want])
             have = want
