@@ -1,28 +1,8 @@
-"""The daemon's own HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz`` on asyncio streams.
+"""The daemon's own HTTP endpoint: ``/metrics``, ``/healthz``, ``/readyz`` and ``POST /nudge``.
 
-It runs on the daemon's event loop (no thread, no framework, no extra dependency) and answers one request
-per connection, closing it after the answer (``Connection: close``) — all a scraper or a probe needs, and
-the least state a small server can get wrong. Request bodies are never read: no route takes one, and the
-connection closes after the answer, so an unread body cannot be mistaken for a next request.
-
-- ``GET /metrics`` — the registry in the Prometheus text format (or OpenMetrics when the ``Accept`` header
-  asks for it).
-- ``GET /healthz`` — 200 while the loop is alive (it ticked within the allowed number of intervals), else 503.
-- ``GET /readyz`` — 200 when alive, healthy and every input is known; else 503 with a JSON body listing why.
-- ``POST /nudge`` — when the daemon takes nudges: run the next tick (and the warm pool's claim check) now
-  instead of at the next interval; 202. This is the push for a data path that sees a backlog jump first.
-- ``HEAD`` works wherever ``GET`` does; other methods on those paths get 405, other paths 404.
-
-Slow or hostile clients cannot hold it up: the request head must arrive within ``read_timeout`` seconds and
-``max_header_bytes`` bytes (else 408 / 431), malformed requests get 400, and at most ``max_connections``
-are served at once (the rest get 503 at once).
-
-Usage::
-
-    endpoint = HttpEndpoint(registry=telemetry.registry, health=telemetry, port=9464)
-    await endpoint.start()
-    ...
-    await endpoint.aclose()
+A small HTTP/1.1 server on the daemon's event loop (asyncio streams), one request per connection. Routes,
+answers and limits are listed in docs/own-metrics.md ("HTTP endpoint"); why it is built this way, in
+docs/architecture.md ("Publishing").
 """
 
 from __future__ import annotations
@@ -71,7 +51,14 @@ class HttpEndpoint:
 
     ``port=0`` binds a free port; ``port`` tells the bound one after ``start()``. Bound to 127.0.0.1 by
     default: exposing it beyond the host is a deliberate choice (``host="0.0.0.0"``), since the metrics
-    describe the cluster.
+    describe the cluster. ``on_nudge`` enables ``POST /nudge`` (202: tick now instead of at the next
+    interval). The request head must arrive within ``read_timeout`` seconds and ``max_header_bytes`` bytes
+    (else 408 / 431); at most ``max_connections`` are served at once (the rest get 503 at once). ::
+
+        endpoint = HttpEndpoint(registry=telemetry.registry, health=telemetry, port=9464)
+        await endpoint.start()
+        ...
+        await endpoint.aclose()
     """
 
     def __init__(

@@ -1,17 +1,7 @@
 """Logging for the daemon: JSON lines for machines (journald, Kubernetes log shippers) or text for people.
 
-``configure_logging("json", "INFO")`` writes one JSON object per record and line::
-
-    {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "logger": "autoscaler.adapters.mqtt_events",
-     "message": "mqtt: connected to broker:1883", "url": "..."}
-
-Fields given with ``log.info(..., extra={"shape": "gpu1"})`` become top-level keys (a name that clashes
-with a fixed key is prefixed with ``extra_``); an exception adds ``exc_info`` (the formatted traceback).
-Values JSON cannot hold are written as their ``str()``. The text format is the same information on one
-line: ``2025-01-02T03:04:05.678Z INFO autoscaler.adapters.mqtt_events: message shape=gpu1``.
-
-Calling ``configure_logging`` again replaces the handler it installed before (and only that one), so tests
-and a CLI that re-configures do not end up with duplicated lines.
+:func:`configure_logging` installs one handler on the root logger; fields given with ``extra=`` become keys
+of their own in either format.
 """
 
 from __future__ import annotations
@@ -45,7 +35,14 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, then the extra fields."""
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, then the extra fields::
+
+        {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "logger": "autoscaler.adapters.mqtt_events",
+         "message": "mqtt: connected to broker:1883", "url": "..."}
+
+    An extra field whose name clashes with a fixed key is prefixed with ``extra_``; an exception adds
+    ``exc_info`` (the formatted traceback). Values JSON cannot hold are written as their ``str()``.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -64,7 +61,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``<time> <LEVEL> <logger>: <message> key=value ...`` and the traceback, if any, below."""
+    """``<time> <LEVEL> <logger>: <message> key=value ...`` and the traceback, if any, below, e.g.
+    ``2025-01-02T03:04:05.678Z INFO autoscaler.adapters.mqtt_events: message shape=gpu1``."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
@@ -90,6 +88,8 @@ def configure_logging(
     """Send every log record at ``level`` or above to ``stream`` (stderr by default) in ``fmt``.
 
     ``level`` is a number or a name (``"DEBUG"``, ``"info"``, ...); an unknown name raises ``ValueError``.
+    Calling it again replaces the handler it installed before (and only that one), so tests and a CLI that
+    re-configures do not end up with duplicated lines.
     """
     if isinstance(level, str):
         numeric = logging.getLevelName(level.upper())

@@ -1,29 +1,8 @@
 """Decision and health events over MQTT (aiomqtt), published without ever holding up the control loop.
 
-``publish_decision`` and ``publish_health`` are plain (non-async) calls that only put an event on a bounded
-in-memory queue; a background task owns the broker connection, publishes with QoS 1 and reconnects with
-exponential backoff when the connection is lost. So a broker that is down, slow or unreachable costs the
-tick nothing: events wait in the queue, the oldest decision events are dropped when it is full (each drop
-reported through ``EventHooks.event_dropped``), and the consumer sees the gap in ``seq``.
-
-Topics (``prefix`` defaults to ``raytide/<cluster>``):
-
-- ``<prefix>/decisions`` — one event per plan that changes a node count; not retained.
-- ``<prefix>/health`` — one event per change of health state or reasons; retained, so a subscriber learns
-  the current state at once. It is re-sent after every reconnect (a broker restarted without persistence
-  has forgotten it), and the broker publishes an ``offline`` health event (the MQTT will) if raytide's
-  connection dies without a goodbye.
-
-The JSON schemas are in ``docs/own-metrics.md`` ("MQTT events"); ``decision_event`` and ``health_event``
-build them and are pure.
-
-Usage::
-
-    publisher = EventPublisher(cluster="prod", host="broker", hooks=telemetry)
-    await publisher.start()
-    publisher.publish_health("ok")
-    publisher.publish_decision(plan)          # per tick; a no-op when the plan changes nothing
-    await publisher.aclose(drain_seconds=5)   # deliver what it can within 5 s
+``publish_decision`` and ``publish_health`` only put an event on a bounded in-memory queue; a background task
+owns the broker connection. Topics and payloads (built by the pure ``decision_event`` and ``health_event``)
+are in docs/own-metrics.md ("MQTT events"); delivery and its reasons in docs/architecture.md ("Publishing").
 """
 
 from __future__ import annotations
@@ -171,6 +150,14 @@ class EventPublisher:
     can never push out the state a subscriber needs most. Reconnects back off from
     ``reconnect_min`` to ``reconnect_max`` seconds (doubling, with ±20 % jitter so a fleet of daemons does
     not reconnect in lockstep). ``publish_timeout`` bounds the wait for one PUBACK and for the CONNACK.
+    Topics: ``<prefix>/decisions`` (not retained) and ``<prefix>/health`` (retained; the MQTT will publishes
+    ``offline`` there); ``prefix`` defaults to ``raytide/<cluster>``. ::
+
+        publisher = EventPublisher(cluster="prod", host="broker", hooks=telemetry)
+        await publisher.start()
+        publisher.publish_health("ok")
+        publisher.publish_decision(plan)          # per tick; a no-op when the plan changes nothing
+        await publisher.aclose(drain_seconds=5)   # deliver what it can within 5 s
     """
 
     def __init__(

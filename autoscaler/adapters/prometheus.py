@@ -1,15 +1,9 @@
 """Read metrics from a Prometheus server (instant queries over its HTTP API).
 
 Data problems never raise: a query that cannot be answered becomes ``QueryResult(error=...)`` and a NaN
-or infinite sample becomes an unknown ``Reading``, so one bad query cannot take the whole tick down and
-nothing is ever silently turned into 0. Only configuration that cannot work at all raises
-``PrometheusConfigError``, and it does so in the constructor.
-
-Usage::
-
-    async with PrometheusSource(config=cfg.prometheus) as source:
-        results = await source.query_templates()
-    snapshot = build_snapshot(cfg, now, results)
+or infinite sample an unknown ``Reading``, so one bad query cannot take the whole tick down and nothing
+is silently turned into 0. Only configuration that cannot work raises ``PrometheusConfigError``, in the
+constructor.
 """
 
 from __future__ import annotations
@@ -84,7 +78,11 @@ class PrometheusSource:
     """Instant queries against one Prometheus (or a compatible API: Thanos, Mimir, VictoriaMetrics).
 
     ``transport`` replaces the network (tests); ``backoff_seconds`` is the first pause between attempts,
-    doubled after each failure.
+    doubled after each failure. ::
+
+        async with PrometheusSource(config=cfg.prometheus) as source:
+            results = await source.query_templates()
+        snapshot = build_snapshot(cfg, now, results)
     """
 
     def __init__(

@@ -1,18 +1,9 @@
-"""raytide's own metrics (prometheus-client) and the health state behind ``/healthz`` and ``/readyz``.
+"""raytide's own metrics (prometheus-client, in a registry of their own; listed in docs/own-metrics.md) and
+the health state behind ``/healthz`` and ``/readyz``.
 
-Every metric lives in a ``CollectorRegistry`` of its own, never the process-global one, so two daemons (or
-two tests) in one process do not collide and a test can read exactly what one ``Telemetry`` recorded. The
-metrics are listed, with their labels and meaning, in ``docs/own-metrics.md``.
-
-The daemon calls, per tick::
-
-    telemetry.record_tick(duration_s, plan, snapshot, policy_seconds)
-
-and, when something happens, ``record_actuation_error(kind)`` and ``set_health(state, reasons)``. The MQTT
-publisher reports through the ``event_*`` / ``mqtt_connected`` hooks (``events.EventHooks``).
-
-``model_errors`` is pure, like the decision core: the previous plan and the snapshot after it in, one
-number per stage out.
+The daemon calls ``record_tick`` once per tick, and ``record_actuation_error``, ``set_health`` and the
+warm-pool calls when something happens; the MQTT publisher reports through the
+``mqtt_events.EventHooks`` methods. ``model_errors`` is pure, like the decision core.
 """
 
 from __future__ import annotations
@@ -55,7 +46,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     5.0,
     10.0,
 )
-"""1 ms to 10 s: a pure decision takes milliseconds, a tick that waits on Prometheus or the GCS seconds."""
+"""1 ms to 10 s: from a pure decision to a tick that waits on Prometheus or the GCS."""
 
 _MAX_REASONS = 20
 """Readiness reasons beyond this are summarised: a cluster with many broken stages would otherwise put an
@@ -389,7 +380,7 @@ class Telemetry:
         self._reasons = tuple(reasons)
         self._export_health()
 
-    # --- hooks for the MQTT publisher (events.EventHooks) ---------------------------------------------
+    # --- hooks for the MQTT publisher (mqtt_events.EventHooks) ----------------------------------------
 
     def event_published(self, topic: str) -> None:
         self.events_published.labels(topic=topic).inc()

@@ -1,42 +1,9 @@
 """Make the Ray autoscaler launch exactly the node types raytide chose, and drain idle nodes.
 
-**The floor.** ``set_target({"cpu4": 2, "gpu1": 1})`` becomes one autoscaler resource floor with one
-bundle per wanted node. Bundle shapes alone do not choose the node type — the autoscaler packs, and
-two ``{CPU: 4}`` bundles launched one 8-CPU node on v1 and v2 — so each bundle names its type, in one of
-two *forms*:
-
-``resource``
-    ``{"raytide-node-type:T": 1}``: one unit of a marker resource only nodes of type ``T`` have (one per
-    node). Exact on autoscaler v1 and v2. The floor counts total, not free, capacity, and no task ever
-    uses the marker, so busy nodes still count and nothing extra launches under load. Needs the marker
-    in every node type's ``resources``.
-``label``
-    CPU/GPU bundle plus the label selector ``{raytide.io/node-type: T}``. Exact on v2 only: v1 drops
-    label selectors (``ray.autoscaler._private.commands.request_resources`` keeps only the resources)
-    and packs again. The bundle asks for *more than half* of the type's CPUs and GPUs so that two can
-    never share a node (two ``{CPU: 1}`` bundles selecting a 4-CPU type launched one node) while a node
-    that registers slightly less capacity than its config still satisfies one. Works with labels
-    KubeRay sets itself (``label_key="ray.io/node-group"``).
-
-**Who owns the floor.** ``request_resources`` keeps ONE floor per cluster; every call replaces it. Ray
-Data's ``AutoscalingCoordinator`` actor merges the requests of all its requesters and re-sends the merge
-every 20 s, so a direct call and Ray Data would keep overwriting each other. When that actor exists,
-raytide registers as one more requester there (``requester_id="raytide"``, priority LOW, refreshed by
-every ``set_target`` and expiring ``expire_after_s`` after the last one; each registration also makes the
-coordinator re-read the cluster's nodes, which it otherwise does every 20 s, so that Ray Data can use the
-nodes raytide launched as soon as they join). When it does not, raytide owns
-the floor directly and says so in :attr:`FloorStatus.channel`. The coordinator also *reserves* cluster
-resources for each requester, and Ray Data sizes its work to its reservation: marker bundles reserve only
-the marker, label bundles reserve CPUs/GPUs Ray Data then does not see — another reason to prefer the
-``resource`` form.
-
-**Scale-in.** Lower the target first, then :meth:`RayActuator.drain` the chosen idle node: a node the
-floor still wants would be relaunched. ``drain`` uses the GCS ``DrainNode`` RPC with reason
-``IDLE_TERMINATION``, which the raylet refuses when the node is not idle. An accepted drain stops the
-raylet at once; the autoscaler then terminates the instance (seen on 2.60: about 1 s on v2, about 6 s
-on v1). raytide never forces a drain.
-
-All methods block (GCS RPCs, ``ray.get`` on the coordinator); the daemon calls them off its event loop.
+:meth:`RayActuator.set_target` turns node counts into one resource floor, one bundle per node, each naming
+its type by a marker resource or a label selector; it goes through Ray Data's ``AutoscalingCoordinator`` when
+that exists. :meth:`RayActuator.drain` drains an idle node and never forces. All methods block; the daemon
+calls them off its event loop. The design and the Ray facts behind it: docs/architecture.md, "Acting on Ray".
 """
 
 from __future__ import annotations
@@ -81,7 +48,8 @@ COORDINATOR_NAME = "AutoscalingCoordinator"
 COORDINATOR_NAMESPACE = "AutoscalingCoordinator"
 DEFAULT_REQUESTER_ID = "raytide"
 DEFAULT_EXPIRE_AFTER_S = 180.0
-"""Ray Data uses 180 s for its own requests; the daemon refreshes far more often."""
+"""Ray Data's own default (``RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S``); the daemon refreshes far more
+often."""
 
 FloorForm = Literal["resource", "label"]
 Channel = Literal["coordinator", "direct"]
@@ -314,7 +282,7 @@ class RayActuator:
         if not ray.is_initialized():
             since_failure = time.monotonic() - self._driver_failed_at
             if since_failure < _DRIVER_RETRY_S:
-                # ray.init can take tens of seconds to fail; don't pay that on every tick.
+                # ray.init can be slow to fail; don't pay that on every tick.
                 raise ActuatorError(f"no Ray driver (last attempt failed {since_failure:.0f} s ago)")
             try:
                 ray.init(
@@ -356,20 +324,14 @@ class RayActuator:
         self._refresh_coordinator(coordinator)
 
     def _refresh_coordinator(self, coordinator: Any) -> None:
-        """Make the coordinator re-read the cluster's nodes now. Best effort: never raises.
-
-        The coordinator re-reads the nodes only on its own 20 s tick, and Ray Data sizes its work to what
-        the coordinator reserves for it, so nodes raytide's floor launched stayed unused by Ray Data for up
-        to 20 s after they joined (``bench/reaction.py``). ``get_reserved_resources(recompute=True)`` runs
-        that tick at once (Ray 2.60, ``ray/data/_internal/cluster_autoscaler/
-        default_autoscaling_coordinator.py``); it costs one node listing in the coordinator per call.
-        """
+        """Make the coordinator re-read the cluster's nodes now, so that Ray Data can use the nodes raytide's
+        floor launched without waiting for the coordinator's own tick. Best effort: never raises."""
         try:
             self._ray().get(
                 coordinator.get_reserved_resources.remote(self._requester_id, recompute=True),
                 timeout=self._timeout_s,
             )
-        except Exception as e:  # e.g. a Ray without `recompute`: Ray Data then waits for the 20 s tick
+        except Exception as e:  # e.g. a Ray without `recompute`: Ray Data waits for the coordinator's tick
             log.debug("AutoscalingCoordinator refresh failed: %s", e)
 
     def _send_direct(self, bundles: list[dict[str, float]], selectors: list[dict[str, str]]) -> None:

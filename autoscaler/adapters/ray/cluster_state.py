@@ -1,26 +1,9 @@
 """Cluster state read from the Ray GCS: nodes with their node types, pending launches, pending demand.
 
-One blocking call, :func:`read_cluster_state`, meant to run off the event loop (``asyncio.to_thread``).
-Its source is the GCS ``GetClusterStatus`` RPC parsed as ``ray.autoscaler.v2.sdk.get_cluster_status``
-does (on a cached client: the SDK builds a new one per call), which answers for both autoscalers, with two
-gaps on autoscaler v1 that this module fills from what the v1 monitor writes to the GCS key-value store
-(``__autoscaling_status``, the same data ``ray status`` prints):
-
-- pending launches and nodes: v1 does not report autoscaling state to the GCS, so they come from the v1
-  report;
-- node type names: ``ray up`` v1 workers do not tell their raylet their node type, so the type comes from
-  the raytide label, else from the v1 report's IP → node type mapping.
-
-Pending launches are the autoscaler's view as of its last iteration, while nodes are the GCS's view now,
-so a node that just joined can be counted both live and pending for one or two seconds. v1 pending nodes
-carry the provider IP and are matched against live nodes; v2 pending instances carry no id that live
-nodes share, so on v2 the overlap remains (seen on 2.60: up to ~2 s).
-
-Every failure (GCS unreachable, RPC timeout, unparsable reply) raises :class:`ClusterStateError`; the
-daemon turns that into "hold", never into "the cluster is empty".
-
-Conventions shared by the Ray adapters live here too: the node label and the per-type custom resource
-that let raytide ask the autoscaler for one exact node type (see :mod:`autoscaler.adapters.ray.actuator`).
+:func:`read_cluster_state` is one blocking call (run it off the event loop) that parses the GCS
+``GetClusterStatus`` reply, filling autoscaler v1's gaps from the v1 monitor's report; every failure raises
+:class:`ClusterStateError`. Also the conventions the Ray adapters share: the node-type label and marker
+resource. How and why: docs/architecture.md, "Observing".
 """
 
 from __future__ import annotations
@@ -92,8 +75,8 @@ _clients_lock = threading.Lock()
 def gcs_client(gcs_address: str, *, connect_timeout_s: float = 3.0) -> Any:
     """A cached ``GcsClient`` for ``gcs_address``; ``ClusterStateError`` if the GCS does not answer.
 
-    Constructing a ``GcsClient`` against a dead address blocks for ~40 s inside Ray, so a plain TCP
-    connect (seconds) goes first. Clients are cached because each one holds gRPC channels and threads.
+    Constructing a ``GcsClient`` against a dead address blocks inside Ray for far longer than a TCP connect,
+    so a plain TCP connect goes first. Clients are cached because each one holds gRPC channels and threads.
     """
     _check_reachable(gcs_address, connect_timeout_s)
     with _clients_lock:

@@ -1,20 +1,9 @@
 """Standby nodes on Ray: placeholder placement groups that hold a node's whole capacity.
 
-One placeholder = one detached placement group named ``raytide-standby:<shape>:<serial>`` with a single
-STRICT_PACK bundle of the shape's whole capacity (every resource the shape lists, its marker resource
-``raytide-node-type:<shape>`` included, so it can only land on a node of that shape). Facts it relies on
-(Ray 2.60, seen on the fake cluster; see DESIGN.md):
-
-- a pending placement group is resource demand: the autoscaler (v1 and v2) launches a node for it;
-- a node whose resources are all reserved by a bundle is not idle, so the autoscaler never ends it;
-- removing the group returns the capacity at once (a waiting GPU task started 0.37 s after removal).
-
-Detached, because a placeholder must outlive the daemon process: after a crash the restarted daemon adopts
-its placeholders instead of losing the pool (a non-detached group dies with its driver). Removal is
-asynchronous in Ray (``remove_placement_group`` returns before the GCS has finished) and idempotent here.
-
-The listing reads the GCS placement-group table through the driver (``ray.util.placement_group_table``);
-every call blocks, and the daemon makes them off its event loop.
+One placeholder is one detached placement group named ``raytide-standby:<shape>:<serial>`` with a single
+STRICT_PACK bundle of the shape's whole capacity, its marker resource included, so it can only land on a node
+of that shape. The Ray facts it relies on: docs/architecture.md. Every call blocks; the daemon makes them off
+its event loop.
 """
 
 from __future__ import annotations
@@ -55,7 +44,7 @@ class RayWarmPool:
         self._shapes = {k: dict(v) for k, v in shapes.items()}
 
     def list(self) -> list[Placeholder]:
-        """Every live raytide placeholder in the cluster, whoever created it."""
+        """Every live raytide placeholder in the cluster, whoever created it (``placement_group_table``)."""
         ray = self._ray()
         try:
             table = ray.util.placement_group_table()
@@ -97,7 +86,7 @@ class RayWarmPool:
         """Remove the placeholder of that name; False when there was none (already removed).
 
         With ``pg_id`` (from an earlier listing) no listing is needed: a claim is one GCS call. Removing a
-        group that is already gone is harmless in Ray."""
+        group that is already gone is harmless in Ray. Ray finishes the removal after this returns."""
         ray = self._ray()
         ids = [pg_id] if pg_id else [p.pg_id for p in self.list() if p.name == name]
         if not ids:
