@@ -1,37 +1,9 @@
 """A local autoscaling Ray cluster with fake node types, for tests, benchmarks and ``raytide demo``.
 
-Ray's fake multi-node provider starts a real raylet on this host for every "node" the autoscaler launches;
-GPUs are just a resource count. ``ray.cluster_utils.AutoscalingCluster`` wraps it but reads an example
-YAML the PyPI wheel does not ship, so this module writes the whole cluster config itself and starts the
-head the way ``AutoscalingCluster.start`` does.
-
-Two things differ from ``AutoscalingCluster``, both found by running Ray 2.60:
-
-- Autoscaler v2 runs ``prepare_config`` on the config, which for ``type: fake_multinode`` loads that
-  missing example YAML and kills the autoscaler. So v2 (and any cluster with a launch delay) loads the
-  same provider class as an *external* provider, whose defaults are built in.
-- ``launch_multiple: true`` (the fake provider creates all ``count`` nodes of a launch request, not one)
-  is set for v2 only, as ``AutoscalingCluster`` does: on v1 it made the autoscaler overshoot (a floor of
-  three nodes briefly had four in 2 of 4 runs, 0 of 4 without it), and one node per request reached
-  three nodes just as fast.
-
-Every worker node type carries the label ``raytide.io/node-type=<name>`` and one unit of the custom
-resource ``raytide-node-type:<name>`` (see :mod:`autoscaler.adapters.ray.cluster_state`), so both ways of
-choosing a shape exactly work on this cluster.
-
-``ray stop --force`` (used by :meth:`LocalAutoscalingCluster.shutdown`) stops every Ray process on the
-machine, so run one such cluster at a time: :meth:`LocalAutoscalingCluster.start` takes an exclusive
-machine-wide lock (``$RAYTIDE_CLUSTER_LOCK``, default ``<tmp>/raytide-local-cluster.lock``) and waits for
-it, so two test sessions, a benchmark and ``raytide demo`` queue instead of killing each other's cluster.
-Shutdown also removes the config directory and, unless
-``keep_logs=True``, the cluster's Ray session directory (``/tmp/ray/session_*``, its logs). Ray's default
-temp root is kept, because ``/tmp/ray/prom_metrics_service_discovery.json`` is where exporters are found.
-
-Ray's fixed default ports are replaced by free ones (GCS, client server, dashboard, dashboard agent;
-Ray picks the others at random) except the autoscaler's metrics port, 44217, which metric scrapers
-expect (``AUTOSCALER_METRIC_PORT`` in ``extra_env`` moves it). The dashboard listens on 127.0.0.1.
-The GCS and raylets use this host's address as Ray sees it, not loopback, because the fake provider
-starts worker raylets with that address.
+Ray's fake multi-node provider starts a real raylet on this host per node (GPUs are just a count). This
+module writes the whole cluster config and starts the head the way ``ray.cluster_utils.AutoscalingCluster``
+does, which fails as installed; every worker type carries raytide's node-type label and marker resource.
+Differences, locking, ports and why: docs/architecture.md, "The local cluster".
 """
 
 from __future__ import annotations
@@ -178,6 +150,13 @@ class LocalAutoscalingCluster:
             state = read_cluster_state(cluster.address)
 
     The head has no CPUs (as in ``AutoscalingCluster``), so all work lands on autoscaled workers.
+
+    ``ray stop --force`` stops every Ray process on the machine, so :meth:`start` waits for an exclusive
+    machine-wide lock (``$RAYTIDE_CLUSTER_LOCK``, default ``<tmp>/raytide-local-cluster.lock``) and
+    :meth:`shutdown` releases it. Shutdown also removes the config directory and, unless ``keep_logs``, the
+    cluster's Ray session directory. Ray's fixed default ports are replaced by free ones, except the
+    autoscaler's metrics port (44217, which scrapers expect; ``AUTOSCALER_METRIC_PORT`` in ``extra_env``
+    moves it).
     """
 
     def __init__(
@@ -323,7 +302,7 @@ class LocalAutoscalingCluster:
             "use_node_id_as_ip": True,
             "disable_node_updaters": True,
             "disable_launch_config_check": True,
-            # See the module docstring: v2 needs it, v1 overshoots with it.
+            # v2 needs it; on v1 it made the autoscaler overshoot (docs/architecture.md).
             "launch_multiple": self._autoscaler_v2,
             "head_node_id": FAKE_HEAD_NODE_ID,
             # Workers must join this head, not the default port.
@@ -424,8 +403,8 @@ class LocalAutoscalingCluster:
             # An inherited setting would silently turn the v1 cluster the caller asked for into v2.
             env.pop("RAY_enable_autoscaler_v2", None)
         if self._launch_delay_s > 0:
-            # Ray's monitor cannot import raytide's `autoscaler` package (see ray_fake_provider), so it
-            # gets a copy of the provider module under a unique name.
+            # Ray's monitor cannot import raytide's `autoscaler` package (its own autoscaler.py shadows it),
+            # so it gets a copy of the provider module under a unique name.
             shutil.copyfile(ray_fake_provider.__file__, workdir / f"{ray_fake_provider.STANDALONE_MODULE}.py")
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
         env.update(self._extra_env)

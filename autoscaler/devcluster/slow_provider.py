@@ -1,21 +1,6 @@
-"""A fake multi-node provider whose nodes take a while to "boot".
-
-Ray's fake multi-node provider starts a worker raylet as soon as the autoscaler asks for it, so a local
-cluster never shows the launch latency real clouds have — the latency the warm pool exists to hide. This
-subclass sleeps ``launch_delay_s`` (provider config key) before creating each batch, outside the
-provider's lock so the autoscaler can still list nodes meanwhile. The autoscaler loads it as an external
-provider::
-
-    provider:
-      type: external
-      module: raytide_fake_provider.DelayedFakeMultiNodeProvider
-      launch_delay_s: 5
-
-It runs inside Ray's autoscaler process, where ``autoscaler`` is not raytide: Ray starts its monitor as
-a script, so the monitor's directory (which holds Ray's own ``autoscaler.py``) comes first on
-``sys.path`` and ``import autoscaler.devcluster.slow_provider`` fails with "'autoscaler' is not a package".
-:mod:`autoscaler.devcluster.cluster` therefore copies this file under the unique name
-:data:`STANDALONE_MODULE` into a directory it puts on the head's ``PYTHONPATH``. Keep this module
+"""A fake multi-node provider whose nodes take ``launch_delay_s`` (a provider config key) to "boot", so a
+local cluster shows the launch latency real clouds have. Ray's autoscaler loads it as an external provider
+from a copy named :data:`STANDALONE_MODULE` (docs/architecture.md, "The local cluster"): keep this module
 self-contained (Ray and the standard library only) so that the copy works.
 """
 
@@ -33,7 +18,8 @@ MODULE_PATH = f"{STANDALONE_MODULE}.DelayedFakeMultiNodeProvider"
 
 
 class DelayedFakeMultiNodeProvider(FakeMultiNodeProvider):
-    """``FakeMultiNodeProvider`` plus a configurable boot delay per launch request."""
+    """``FakeMultiNodeProvider`` plus a configurable boot delay per launch request, loaded by the cluster
+    config's ``provider: {type: external, module: <MODULE_PATH>, launch_delay_s: <seconds>}``."""
 
     def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
         super().__init__(provider_config, cluster_name)
@@ -47,6 +33,7 @@ class DelayedFakeMultiNodeProvider(FakeMultiNodeProvider):
         resources: dict[str, float],
         labels: dict[str, str],
     ) -> None:
+        # Outside the provider's lock (the parent takes it), so the autoscaler can still list nodes meanwhile.
         if self._launch_delay_s > 0:
             time.sleep(self._launch_delay_s)
         super().create_node_with_resources_and_labels(  # type: ignore[no-untyped-call]
