@@ -34,9 +34,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,138 +44,44 @@ import pytest
 from autoscaler.adapters.ray.actuator import RayActuator
 from autoscaler.adapters.ray.cluster_state import read_cluster_state
 from autoscaler.adapters.state_store import StateStore
-from autoscaler.adapters.telemetry import Telemetry
-from autoscaler.app.plugins import load_policy
 from autoscaler.core.config import Config, parse_config
-from autoscaler.daemon import Daemon, TickOutcome
+from autoscaler.daemon import Daemon
 from autoscaler.devcluster.cluster import LocalAutoscalingCluster, wait_until
-from autoscaler.ports import ClusterState, DrainResult
+from autoscaler.ports import DrainResult
+from tests.support.cluster_config import GPU_STAGE, config_text
+from tests.support.cluster_daemon import RecordingActuator, RecordingDaemon, cluster_daemon
+from tests.support.cluster_watch import Watcher
 from tests.support.daemon_fakes import FakeSource
+from tests.support.polling import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
-CONFIG = """
-shapes:
-  - {{name: cpu4, resources: {{CPU: 4}}, price_per_hour: 0.2, min: 0, max: 2, launch_seconds: 5}}
-  - {{name: gpu1, resources: {{CPU: 1, GPU: 1}}, price_per_hour: 1.0, min: 0, max: {gpu1_max},
-     launch_seconds: 5}}
-stages:
-  - {stage}
-targets: {{drain_seconds: 60, headroom: 0.2}}
-bounds: {{max_step_down: 2, scale_down_window_seconds: 3}}
-daemon: {{interval_seconds: 1, drain_share_per_tick: 0.5, observe_timeout_seconds: 10,
-         act_timeout_seconds: {act_timeout}, drain_confirm_seconds: 600, floor_grace_seconds: {floor_grace},
-         http_port: null}}
-ray: {{floor_form: resource, use_coordinator: false}}
-"""
-"""One drain per tick (half of two nodes); a drain in flight is never given up during a test."""
-
-GPU_STAGE = '{name: infer, operator: "Infer", resources: {CPU: 1, GPU: 1}, prior_rate: {gpu1: 1.0}}'
-CPU_STAGE = '{name: infer, operator: "Infer", resources: {CPU: 1}, prior_rate: {cpu4: 1.0}}'
+CPU_STAGE = {"name": "infer", "operator": "Infer", "resources": {"CPU": 1}, "prior_rate": {"cpu4": 1.0}}
 GPU_BACKLOG = 100.0
 """(1 + 100 / 60) × 1.2 ≈ 3.2 infer slots at 1/s each: more gpu1 nodes than the cluster allows."""
 CPU_BACKLOG = 300.0
 """(1 + 300 / 60) × 1.2 ≈ 7.2 infer slots: two cpu4 nodes."""
-TIMEOUT_S = 90.0
 
 
 def _config(
-    *, stage: str = GPU_STAGE, gpu1_max: int = 2, act_timeout: float = 15, floor_grace: float = 60
+    *,
+    stage: Mapping[str, Any] = GPU_STAGE,
+    gpu1_max: int = 2,
+    act_timeout: float = 15,
+    floor_grace: float = 60,
 ) -> Config:
+    """One drain per tick (half of two nodes); a drain in flight is never given up during a test."""
     return parse_config(
-        CONFIG.format(stage=stage, gpu1_max=gpu1_max, act_timeout=act_timeout, floor_grace=floor_grace)
+        config_text(
+            stages=[stage],
+            shapes={"gpu1": {"max": gpu1_max}},
+            daemon={
+                "act_timeout_seconds": act_timeout,
+                "drain_confirm_seconds": 600,
+                "floor_grace_seconds": floor_grace,
+            },
+        )
     )
-
-
-class HookedActuator(RayActuator):
-    """The real actuator, with test code run right before a drain reaches the GCS and right after."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.before_drain: Callable[[str], None] = lambda node_id: None
-        self.after_drain: Callable[[DrainResult], None] = lambda result: None
-        self.asked: list[str] = []
-        self.results: list[DrainResult] = []
-
-    def drain(self, node_id: str, *args: Any, **kwargs: Any) -> DrainResult:
-        self.asked.append(node_id)
-        self.before_drain(node_id)
-        result = super().drain(node_id, *args, **kwargs)
-        self.after_drain(result)
-        self.results.append(result)
-        return result
-
-
-class RecordingDaemon(Daemon):
-    """Keeps every tick's outcome (``Daemon.last`` holds only the newest)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.outcomes: list[TickOutcome] = []
-
-    async def tick(self) -> TickOutcome:
-        outcome = await super().tick()
-        self.outcomes.append(outcome)
-        return outcome
-
-
-class Watcher:
-    """Polls the GCS in a thread: nodes of ``shape`` ever alive, the most of the other shape alive or
-    pending, and launches after :meth:`freeze` (from then on the plan only shrinks, so a new node or a
-    pending launch is one nobody should have made)."""
-
-    def __init__(self, address: str, shape: str) -> None:
-        self.address = address
-        self.shape = shape
-        self.max_alive = 0
-        self.max_others = 0
-        self.after_freeze: list[str] = []
-        self._seen: set[str] = set()
-        self._frozen: set[str] | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
-
-    def freeze(self) -> None:
-        with self._lock:
-            self._frozen = set(self._seen)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(Exception):
-                self._see(read_cluster_state(self.address))
-            self._stop.wait(0.3)
-
-    def _see(self, s: ClusterState) -> None:
-        alive, pending = s.node_counts(), s.pending_counts()
-        ids = {n.node_id for n in s.workers if n.node_type == self.shape}
-        others = sum(v for k, v in alive.items() if k != self.shape)
-        others += sum(v for k, v in pending.items() if k != self.shape)
-        with self._lock:
-            self._seen |= ids
-            self.max_alive = max(self.max_alive, len(ids))
-            self.max_others = max(self.max_others, others)
-            if self._frozen is not None:
-                if ids - self._frozen:
-                    self.after_freeze.append(f"new {self.shape} node(s) {sorted(ids - self._frozen)}")
-                if pending:
-                    self.after_freeze.append(f"pending launches {pending}")
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 def _exactly(address: str, counts: dict[str, int]) -> Callable[[], bool]:
@@ -220,20 +125,14 @@ def _kill(pids: list[int]) -> None:
 def _daemon(
     cfg: Config, address: str, source: FakeSource, actuator: RayActuator, store: StateStore
 ) -> RecordingDaemon:
-    return RecordingDaemon(
-        config=cfg,
-        policy=load_policy(cfg.policy.name),
-        source=source,
-        cluster=lambda: read_cluster_state(address),
-        actuator=actuator,
-        store=store,
-        telemetry=Telemetry(tick_interval_seconds=1.0),
+    return cluster_daemon(
+        cfg, cluster=lambda: read_cluster_state(address), source=source, actuator=actuator, store=store
     )
 
 
-def _actuator(cfg: Config, address: str) -> HookedActuator:
+def _actuator(cfg: Config, address: str) -> RecordingActuator:
     shapes = {s.name: s.resources for s in cfg.node_shapes()}
-    return HookedActuator(address, shapes, floor_form="resource", use_coordinator=False)
+    return RecordingActuator(address, shapes, floor_form="resource", use_coordinator=False)
 
 
 def _drain_status(store: StateStore, node_id: str) -> tuple[str, str] | None:
@@ -264,11 +163,11 @@ async def test_floor_above_the_node_types_max_is_held_short_and_reported(
         daemon = _daemon(cfg, address, source, actuator, store)
         task = asyncio.create_task(daemon.run(install_signal_handlers=False))
         try:
-            await _until(lambda: daemon.floor == {"cpu4": 0, "gpu1": 3}, "the floor of three gpu1 nodes")
-            await _until(_exactly(address, {"gpu1": honoured} if honoured else {}), f"{honoured} gpu1 nodes")
+            await until(lambda: daemon.floor == {"cpu4": 0, "gpu1": 3}, "the floor of three gpu1 nodes")
+            await until(_exactly(address, {"gpu1": honoured} if honoured else {}), f"{honoured} gpu1 nodes")
             since = daemon.tick_number
             # Every one of these ticks asks for three nodes while fewer run and none is pending.
-            await _until(lambda: daemon.tick_number >= since + 8, "eight more ticks")
+            await until(lambda: daemon.tick_number >= since + 8, "eight more ticks")
             assert not task.done()
             assert daemon.telemetry.state == "degraded"
         finally:
@@ -340,12 +239,12 @@ async def test_drain_refused_by_the_gcs_keeps_the_busy_node_then_drains_it_once_
         daemon = _daemon(cfg, address, source, actuator, store)
         task = asyncio.create_task(daemon.run(install_signal_handlers=False))
         try:
-            await _until(_exactly(address, {"gpu1": 2}), "two gpu1 nodes")
-            await _until(lambda: daemon.floor == {"cpu4": 0, "gpu1": 2}, "the floor of two gpu1 nodes")
+            await until(_exactly(address, {"gpu1": 2}), "two gpu1 nodes")
+            await until(lambda: daemon.floor == {"cpu4": 0, "gpu1": 2}, "the floor of two gpu1 nodes")
             watcher.freeze()
             source.backlog, source.rate, source.slots = 0.0, 0.0, 0.0
 
-            await _until(lambda: any(o.refused for o in daemon.outcomes), "the refused drain")
+            await until(lambda: any(o.refused for o in daemon.outcomes), "the refused drain")
             node = busy[0]
             refused = next(o for o in daemon.outcomes if o.refused)
             assert refused.refused == (node,) and refused.drained == ()
@@ -360,9 +259,9 @@ async def test_drain_refused_by_the_gcs_keeps_the_busy_node_then_drains_it_once_
             def only_the_busy_node() -> bool:
                 return [n.node_id for n in read_cluster_state(address).workers] == [node]
 
-            await _until(only_the_busy_node, "the idle gpu1 drained")
+            await until(only_the_busy_node, "the idle gpu1 drained")
             since = daemon.tick_number
-            await _until(lambda: daemon.tick_number >= since + 4, "four more ticks")
+            await until(lambda: daemon.tick_number >= since + 4, "four more ticks")
             state = await asyncio.to_thread(read_cluster_state, address)
             assert [n.node_id for n in state.workers] == [node]
             assert state.node(node).status == "RUNNING"
@@ -371,7 +270,7 @@ async def test_drain_refused_by_the_gcs_keeps_the_busy_node_then_drains_it_once_
 
             release.touch()
             await asyncio.to_thread(driver.get, refs[0], timeout=60)
-            await _until(_no_workers(address), "no workers")
+            await until(_no_workers(address), "no workers")
             assert [r.accepted for r in actuator.results if r.node_id == node] == [False, True]
             assert daemon.floor == {"cpu4": 0, "gpu1": 0}
             assert not task.done()
@@ -426,15 +325,15 @@ async def test_node_vanishing_mid_drain_is_confirmed_gone_and_nothing_relaunches
         daemon = _daemon(cfg, address, source, actuator, store)
         task = asyncio.create_task(daemon.run(install_signal_handlers=False))
         try:
-            await _until(_exactly(address, {"cpu4": 2}), "two cpu4 nodes")
-            await _until(lambda: daemon.floor == {"cpu4": 2, "gpu1": 0}, "the floor of two cpu4 nodes")
+            await until(_exactly(address, {"cpu4": 2}), "two cpu4 nodes")
+            await until(lambda: daemon.floor == {"cpu4": 2, "gpu1": 0}, "the floor of two cpu4 nodes")
             watcher.freeze()
             source.backlog, source.rate, source.slots = 0.0, 0.0, 0.0
 
-            await _until(lambda: bool(frozen), "the first drain")
+            await until(lambda: bool(frozen), "the first drain")
             first = frozen[0]
             in_flight = ("sent", "timed out; outcome unknown")
-            await _until(lambda: _drain_status(store, first) == in_flight, "the drain to time out")
+            await until(lambda: _drain_status(store, first) == in_flight, "the drain to time out")
             timed_out = next(o for o in daemon.outcomes if any("timed out" in e for e in o.errors))
             assert timed_out.degraded and timed_out.drained == () and timed_out.refused == ()
             assert timed_out.errors == (f"drain of {first} timed out; checking whether the node goes",)
@@ -442,13 +341,13 @@ async def test_node_vanishing_mid_drain_is_confirmed_gone_and_nothing_relaunches
             _kill(_node_processes(first, session)[1])
 
             gone = ("confirmed", "the node is gone")
-            await _until(lambda: bool(killed_at_once), "the second drain accepted")
+            await until(lambda: bool(killed_at_once), "the second drain accepted")
             second = killed_at_once[0]
-            await _until(lambda: _drain_status(store, second) == gone, "the second drain confirmed")
-            await _until(lambda: _drain_status(store, first) == gone, "the frozen node's drain confirmed")
-            await _until(_no_workers(address), "no workers")
+            await until(lambda: _drain_status(store, second) == gone, "the second drain confirmed")
+            await until(lambda: _drain_status(store, first) == gone, "the frozen node's drain confirmed")
+            await until(_no_workers(address), "no workers")
             since = daemon.tick_number
-            await _until(lambda: daemon.tick_number >= since + 3, "three more ticks")
+            await until(lambda: daemon.tick_number >= since + 3, "three more ticks")
             assert not task.done()
             assert daemon.floor == {"cpu4": 0, "gpu1": 0}
             assert daemon.telemetry.state == "ok"

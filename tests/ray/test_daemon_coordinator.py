@@ -15,57 +15,26 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from autoscaler.adapters.ray.actuator import FloorStatus, RayActuator
+from autoscaler.adapters.ray.actuator import RayActuator
 from autoscaler.adapters.ray.cluster_state import node_type_resource, read_cluster_state
 from autoscaler.adapters.state_store import StateStore
-from autoscaler.adapters.telemetry import Telemetry
-from autoscaler.app.plugins import load_policy
 from autoscaler.core.config import parse_config
-from autoscaler.daemon import Daemon
 from autoscaler.devcluster.cluster import LocalAutoscalingCluster
-from autoscaler.ports import ClusterState, DrainResult
+from autoscaler.ports import ClusterState
+from tests.support.cluster_config import config_text
+from tests.support.cluster_daemon import RecordingActuator, cluster_daemon
 from tests.support.daemon_fakes import FakeSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
-CONFIG = """
-shapes:
-  - {name: cpu4, resources: {CPU: 4}, price_per_hour: 0.2, min: 0, max: 2, launch_seconds: 5}
-  - {name: gpu1, resources: {CPU: 1, GPU: 1}, price_per_hour: 1.0, min: 0, max: 2, launch_seconds: 5}
-stages:
-  - {name: infer, operator: "Infer", resources: {CPU: 1, GPU: 1}, prior_rate: {gpu1: 1.0}}
-targets: {drain_seconds: 60, headroom: 0.2}
-bounds: {max_step_down: 2, scale_down_window_seconds: 300}
-daemon: {interval_seconds: 1, drain_share_per_tick: 0.5, observe_timeout_seconds: 10,
-         act_timeout_seconds: 15, http_port: null}
-ray: {floor_form: resource, use_coordinator: auto}
-"""
 BLOCKS = 120
 GPU1 = node_type_resource("gpu1")
 TIMEOUT_S = 240.0
-
-
-class RecordingActuator(RayActuator):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.channels: list[str] = []
-        self.drained: list[DrainResult] = []
-
-    def set_target(self, counts: Mapping[str, int]) -> FloorStatus:
-        status = super().set_target(counts)
-        self.channels.append(status.channel)
-        return status
-
-    def drain(self, node_id: str, *args: Any, **kwargs: Any) -> DrainResult:
-        result = super().drain(node_id, *args, **kwargs)
-        self.drained.append(result)
-        return result
 
 
 class _Remote:
@@ -117,7 +86,9 @@ async def test_ray_datas_requests_and_raytides_floor_coexist_while_the_daemon_ti
 ) -> None:
     import ray
 
-    cfg = parse_config(CONFIG)
+    cfg = parse_config(
+        config_text(bounds={"scale_down_window_seconds": 300}, ray={"use_coordinator": "auto"})
+    )
     address = daemon_cluster.address
     actuator = RecordingActuator.from_shapes(
         address, cfg.node_shapes(), floor_form="resource", use_coordinator="auto"
@@ -130,15 +101,7 @@ async def test_ray_datas_requests_and_raytides_floor_coexist_while_the_daemon_ti
 
     job_log = tmp_path / "job.log"
     with StateStore(tmp_path / "state.db") as store, job_log.open("wb") as job_out:
-        daemon = Daemon(
-            config=cfg,
-            policy=load_policy(cfg.policy.name),
-            source=source,
-            cluster=read,
-            actuator=actuator,
-            store=store,
-            telemetry=Telemetry(tick_interval_seconds=1.0),
-        )
+        daemon = cluster_daemon(cfg, cluster=read, source=source, actuator=actuator, store=store)
         task = asyncio.create_task(daemon.run(install_signal_handlers=False))
         job = await asyncio.create_subprocess_exec(
             *[
@@ -188,7 +151,7 @@ async def test_ray_datas_requests_and_raytides_floor_coexist_while_the_daemon_ti
             # scale-down window, so the cpu4 nodes Ray Data's job brought up are kept as they are.)
             assert daemon.floor is not None and daemon.floor["gpu1"] == 2
             assert daemon.last is not None and not daemon.last.degraded
-            print("raytide drains:", [(d.node_id[:8], d.accepted, d.message) for d in actuator.drained])
+            print("raytide drains:", [(d.node_id[:8], d.accepted, d.message) for d in actuator.results])
         finally:
             if job.returncode is None:
                 job.kill()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -23,35 +23,24 @@ from autoscaler.adapters.prometheus import PrometheusSource
 from autoscaler.adapters.ray.actuator import RayActuator
 from autoscaler.adapters.ray.cluster_state import read_cluster_state
 from autoscaler.adapters.state_store import StateStore
-from autoscaler.adapters.telemetry import Telemetry
-from autoscaler.app.plugins import load_policy
 from autoscaler.core.config import parse_config
 from autoscaler.core.queries import QueryResult, make_sample
-from autoscaler.daemon import Daemon
 from autoscaler.devcluster.cluster import LocalAutoscalingCluster, free_port
 from autoscaler.ports import ClusterState
-from tests.ray.fake_prometheus import FakePrometheus
+from tests.support.cluster_config import config_text
+from tests.support.cluster_daemon import RecordingDaemon, cluster_daemon
+from tests.support.cluster_watch import Watcher
+from tests.support.fake_prometheus import FakePrometheus
+from tests.support.polling import until_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
-CONFIG = """
-shapes:
-  - {name: cpu4, resources: {CPU: 4}, price_per_hour: 0.2, min: 0, max: 2, launch_seconds: 5}
-  - {name: gpu1, resources: {CPU: 1, GPU: 1}, price_per_hour: 1.0, min: 0, max: 2, launch_seconds: 5}
-stages:
-  - {name: decode, operator: "decode", resources: {CPU: 1}, prior_rate: {cpu4: 1.0, gpu1: 1.0}}
-targets: {drain_seconds: 60, headroom: 0.2}
-bounds: {max_step_down: 2, scale_down_window_seconds: 3}
-daemon: {interval_seconds: 1, drain_share_per_tick: 0.5, observe_timeout_seconds: 10,
-         act_timeout_seconds: 15, http_port: null}
-ray: {floor_form: resource, use_coordinator: false}
-"""
-
-FAULTS_CONFIG = CONFIG.replace(
-    '{name: decode, operator: "decode", resources: {CPU: 1}, prior_rate: {cpu4: 1.0, gpu1: 1.0}}',
-    '{name: infer, operator: "Infer", resources: {CPU: 1, GPU: 1}, prior_rate: {gpu1: 1.0}}',
-)
-"""The GPU stage the stand-in Prometheus reports (:mod:`tests.ray.fake_prometheus`)."""
+DECODE_STAGE = {
+    "name": "decode",
+    "operator": "decode",
+    "resources": {"CPU": 1},
+    "prior_rate": {"cpu4": 1.0, "gpu1": 1.0},
+}
 
 DATASET = "dataset_7"
 DECODE = "MapBatches(decode)_1"
@@ -92,25 +81,10 @@ class CpuStageSource:
         }
 
 
-async def _until(
-    read: Callable[[], ClusterState], check: Callable[[ClusterState], bool], what: str, timeout_s: float = 90
-) -> ClusterState:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = await asyncio.to_thread(read)
-        if check(state):
-            return state
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"timed out waiting for {what}: {state.node_counts()} {state.pending_counts()}"
-            )
-        await asyncio.sleep(0.5)
-
-
 async def test_cpu_backlog_adds_cpu_nodes_and_no_gpu_node(
     daemon_cluster: LocalAutoscalingCluster, tmp_path: Path
 ) -> None:
-    cfg = parse_config(CONFIG)
+    cfg = parse_config(config_text(stages=[DECODE_STAGE]))
     address = daemon_cluster.address
     actuator = RayActuator.from_shapes(
         address, cfg.node_shapes(), floor_form="resource", use_coordinator=False
@@ -121,29 +95,13 @@ async def test_cpu_backlog_adds_cpu_nodes_and_no_gpu_node(
     def read() -> ClusterState:
         return read_cluster_state(address)
 
-    seen_gpu1: list[int] = []
-
-    def watch(state: ClusterState) -> None:
-        seen_gpu1.append(state.node_counts().get("gpu1", 0) + state.pending_counts().get("gpu1", 0))
-
-    with StateStore(tmp_path / "state.db") as store:
-        daemon = Daemon(
-            config=cfg,
-            policy=load_policy(cfg.policy.name),
-            source=source,
-            cluster=read,
-            actuator=actuator,
-            store=store,
-            telemetry=Telemetry(tick_interval_seconds=1.0),
-        )
+    with StateStore(tmp_path / "state.db") as store, Watcher(address, "cpu4") as watcher:
+        daemon = cluster_daemon(cfg, cluster=read, source=source, actuator=actuator, store=store)
         task = asyncio.create_task(daemon.run(install_signal_handlers=False))
         try:
-
-            def two_cpu4(s: ClusterState) -> bool:
-                watch(s)
-                return s.node_counts() == {"cpu4": 2} and not s.pending_counts()
-
-            state = await _until(read, two_cpu4, "two cpu4 nodes")
+            state = await until_cluster(
+                address, lambda s: s.node_counts() == {"cpu4": 2} and not s.pending_counts(), "two cpu4 nodes"
+            )
             assert daemon.floor == {"cpu4": 2, "gpu1": 0}
             assert all(n.node_type == "cpu4" for n in state.workers)
             assert daemon.last is not None
@@ -151,21 +109,16 @@ async def test_cpu_backlog_adds_cpu_nodes_and_no_gpu_node(
             assert "decode" in decode_change.reason
 
             source.backlog = 0.0
-
-            def no_workers(s: ClusterState) -> bool:
-                watch(s)
-                return not s.workers
-
-            await _until(read, no_workers, "back to the minimum (no workers)")
+            await until_cluster(address, lambda s: not s.workers, "back to the minimum (no workers)")
             assert daemon.floor == {"cpu4": 0, "gpu1": 0}
-            assert not any(seen_gpu1), "the daemon launched gpu1 nodes for a CPU stage"
+            assert watcher.max_others == 0, "the daemon launched gpu1 nodes for a CPU stage"
             assert daemon.last is not None and not daemon.last.degraded
         finally:
             daemon.request_stop()
             await asyncio.wait_for(task, timeout=30)
 
 
-def _health(daemon: Daemon) -> str:
+def _health(daemon: RecordingDaemon) -> str:
     return daemon.telemetry.state
 
 
@@ -174,9 +127,8 @@ async def test_faults_against_real_servers_hold_then_recover_on_the_next_good_ti
 ) -> None:
     """Ticks driven one by one; the last test of the module (it leaves gpu1 nodes booting)."""
     prom = FakePrometheus(backlog=100.0, rate=1.0, slots=1.0)  # not started: its port refuses connections
-    cfg = parse_config(
-        FAULTS_CONFIG.replace("daemon: {", f"prometheus: {{url: '{prom.url}', retries: 0}}\ndaemon: {{")
-    )
+    # The stand-in Prometheus reports the base config's GPU stage.
+    cfg = parse_config(config_text(prometheus={"url": prom.url, "retries": 0}))
     address = daemon_cluster.address
     actuator = RayActuator.from_shapes(
         address, cfg.node_shapes(), floor_form="resource", use_coordinator=False
@@ -188,15 +140,7 @@ async def test_faults_against_real_servers_hold_then_recover_on_the_next_good_ti
 
     async with PrometheusSource(config=cfg.prometheus) as source:
         with StateStore(tmp_path / "state.db") as store:
-            daemon = Daemon(
-                config=cfg,
-                policy=load_policy(cfg.policy.name),
-                source=source,
-                cluster=read,
-                actuator=actuator,
-                store=store,
-                telemetry=Telemetry(tick_interval_seconds=1.0),
-            )
+            daemon = cluster_daemon(cfg, cluster=read, source=source, actuator=actuator, store=store)
             await daemon.start()
             try:
                 down = await daemon.tick()

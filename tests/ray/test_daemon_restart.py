@@ -2,7 +2,7 @@
 
 The daemon runs as its own process (the ``raytide`` console script) with a SQLite state file, against a
 real cluster whose nodes take a few seconds to boot; its metrics come from a stand-in Prometheus
-(:mod:`tests.ray.fake_prometheus`) reporting a backlog on the GPU stage. The test
+(:mod:`tests.support.fake_prometheus`) reporting a backlog on the GPU stage. The test
 
 1. waits until the daemon's floor of two gpu1 nodes has reached the autoscaler, and ``SIGKILL``\\ s it
    while those nodes are still booting;
@@ -16,9 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,102 +24,39 @@ import pytest
 from autoscaler.adapters.ray.actuator import RayActuator
 from autoscaler.adapters.ray.cluster_state import node_type_resource, read_cluster_state
 from autoscaler.adapters.state_store import StateStore, StoredState
-from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType, wait_until
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster, wait_until
 from autoscaler.ports import ClusterState
-from tests.ray.conftest import _ray_cli_available
-from tests.ray.fake_prometheus import FakePrometheus
+from tests.support.cluster_config import config_text
+from tests.support.cluster_watch import Watcher
+from tests.support.fake_prometheus import FakePrometheus
+from tests.support.programs import raytide_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
-NODE_TYPES = (
-    LocalNodeType("cpu4", {"CPU": 4}, max_workers=2),
-    # One more than raytide may ask for: a duplicate launch would have room to happen.
-    LocalNodeType("gpu1", {"CPU": 1, "GPU": 1}, max_workers=3),
-)
 LAUNCH_DELAY_S = 6.0
 """Long enough that the daemon is killed while the nodes it asked for are still booting."""
 TIMEOUT_S = 120.0
-
-CONFIG = """
-shapes:
-  - {{name: cpu4, resources: {{CPU: 4}}, price_per_hour: 0.2, min: 0, max: 2, launch_seconds: 5}}
-  - {{name: gpu1, resources: {{CPU: 1, GPU: 1}}, price_per_hour: 1.0, min: 0, max: 2, launch_seconds: 5}}
-stages:
-  - {{name: infer, operator: "Infer", resources: {{CPU: 1, GPU: 1}}, prior_rate: {{gpu1: 1.0}}}}
-targets: {{drain_seconds: 60, headroom: 0.2}}
-bounds: {{max_step_down: 2, scale_down_window_seconds: 300}}
-prometheus: {{url: "{url}", timeout_seconds: 2, retries: 0}}
-daemon: {{interval_seconds: 1, observe_timeout_seconds: 10, act_timeout_seconds: 15, http_port: null,
-         state_path: "{state}"}}
-ray: {{floor_form: resource, use_coordinator: false}}
-"""
 FLOOR = {"cpu4": 0, "gpu1": 2}
 GPU1 = node_type_resource("gpu1")
 
 
-@pytest.fixture(scope="module", params=["v1", "v2"])
-def slow_cluster(request: pytest.FixtureRequest) -> Iterator[LocalAutoscalingCluster]:
-    if not _ray_cli_available():
-        if os.environ.get("CI"):
-            pytest.fail("the `ray` CLI is not installed")
-        pytest.skip("the `ray` CLI is not installed")
-    cluster = LocalAutoscalingCluster(
-        NODE_TYPES,
-        autoscaler_v2=request.param == "v2",
-        idle_timeout_minutes=1.0,
-        launch_delay_s=LAUNCH_DELAY_S,
+@pytest.fixture(scope="module")
+def launch_delay_s() -> float:
+    return LAUNCH_DELAY_S
+
+
+def _config_text(prometheus_url: str, state_path: Path) -> str:
+    return config_text(
+        bounds={"scale_down_window_seconds": 300},
+        prometheus={"url": prometheus_url, "timeout_seconds": 2, "retries": 0},
+        daemon={"drain_share_per_tick": None, "state_path": str(state_path)},
     )
-    with cluster:
-        yield cluster
-
-
-class Watcher:
-    """Polls the GCS in a thread and keeps the most gpu1 and cpu4 nodes seen alive (and alive + pending).
-
-    Alive nodes are what the assertion uses: v2 can list a node that is joining both as alive and as a
-    pending instance for a moment, so alive + pending may overcount; a duplicate launch would show up as a
-    third alive gpu1 node (the node type allows three) a launch delay later.
-    """
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.max_gpu1 = 0
-        self.max_gpu1_with_pending = 0
-        self.max_cpu4 = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                s = read_cluster_state(self.address)
-            except Exception:
-                pass
-            else:
-                alive, pending = s.node_counts(), s.pending_counts()
-                self.max_gpu1 = max(self.max_gpu1, alive.get("gpu1", 0))
-                both = alive.get("gpu1", 0) + pending.get("gpu1", 0)
-                self.max_gpu1_with_pending = max(self.max_gpu1_with_pending, both)
-                self.max_cpu4 = max(self.max_cpu4, alive.get("cpu4", 0) + pending.get("cpu4", 0))
-            self._stop.wait(0.3)
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 def _raytide(config: Path, address: str, log: Path) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).with_name("raytide")
-    cmd = (
-        [str(exe)] if exe.exists() else [sys.executable, "-c", "from autoscaler.app.cli import main; main()"]
-    )
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*cmd, "run", "--config", str(config), "--ray-address", address],
+            [*raytide_command(), "run", "--config", str(config), "--ray-address", address],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -165,14 +100,14 @@ def test_kill_9_mid_scale_up_then_restart_restores_state_and_launches_nothing_ex
     log = tmp_path / "raytide.log"
     prom = FakePrometheus(backlog=100.0, rate=1.0, slots=1.0).start()
     config = tmp_path / "raytide.yaml"
-    config.write_text(CONFIG.format(url=prom.url, state=state_path))
+    config.write_text(_config_text(prom.url, state_path))
 
     def state() -> ClusterState:
         return read_cluster_state(address)
 
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with Watcher(address) as watcher:
+        with Watcher(address, "gpu1") as watcher:
             # 1. Scale-up starts; kill -9 once the floor has reached the autoscaler.
             procs.append(_raytide(config, address, log))
             _wait(lambda: _floor_markers(state()) == 2, "the daemon's floor of two gpu1 nodes")
@@ -211,11 +146,12 @@ def test_kill_9_mid_scale_up_then_restart_restores_state_and_launches_nothing_ex
             assert third.decision_state["daemon"]["floor"] == FLOOR
             assert _floor_markers(state()) == 2
             _wait(lambda: state().node_counts() == {"gpu1": 2}, "two gpu1 nodes, nothing else")
-        assert watcher.max_gpu1 == 2, (
-            f"{watcher.max_gpu1} gpu1 nodes alive for a floor of two "
-            f"(alive + pending at most {watcher.max_gpu1_with_pending})"
+        # A duplicate launch would show up as a third alive gpu1 node (the node type allows three).
+        assert watcher.max_alive == 2, (
+            f"{watcher.max_alive} gpu1 nodes alive for a floor of two "
+            f"(alive + pending at most {watcher.max_with_pending})"
         )
-        assert watcher.max_cpu4 == 0
+        assert watcher.max_others == 0
         procs[-1].send_signal(signal.SIGTERM)
         assert procs[-1].wait(timeout=30) == 0
         with StateStore(state_path, check_integrity=False) as store:

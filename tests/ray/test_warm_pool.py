@@ -10,9 +10,6 @@ budget, and without a pool the same work has to wait for a node that joins after
 from __future__ import annotations
 
 import asyncio
-import os
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,62 +19,40 @@ from autoscaler.adapters.ray.actuator import RayActuator
 from autoscaler.adapters.ray.cluster_state import read_cluster_state
 from autoscaler.adapters.ray.placeholders import RayWarmPool, placeholder_bundle
 from autoscaler.adapters.state_store import StateStore
-from autoscaler.adapters.telemetry import Telemetry
-from autoscaler.app.plugins import load_policy
 from autoscaler.core.config import Config, parse_config
 from autoscaler.core.warm_pool import STANDBY_PREFIX
-from autoscaler.daemon import Daemon
-from autoscaler.devcluster.cluster import LocalAutoscalingCluster, LocalNodeType
+from autoscaler.devcluster.cluster import LocalAutoscalingCluster
 from autoscaler.ports import ClusterState
-from tests.ray.conftest import _ray_cli_available
+from tests.support.cluster_config import config_text
+from tests.support.cluster_daemon import cluster_daemon
 from tests.support.daemon_fakes import FakeSource
+from tests.support.polling import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
-BOOT_DELAY_S = 15.0
+LAUNCH_DELAY_S = 15.0
 
-CONFIG = """
-shapes:
-  - {name: cpu4, resources: {CPU: 4}, price_per_hour: 0.2, min: 0, max: 2, launch_seconds: 15}
-  - {name: gpu1, resources: {CPU: 1, GPU: 1}, price_per_hour: 1.0, min: 0, max: 3, launch_seconds: 15}
-stages:
-  - {name: infer, operator: "Infer", resources: {CPU: 1, GPU: 1}, prior_rate: {gpu1: 1.0}}
-bounds: {scale_down_window_seconds: 3}
-daemon: {interval_seconds: 1, observe_timeout_seconds: 10, act_timeout_seconds: 15, http_port: null}
-ray: {floor_form: resource, use_coordinator: false}
-warm_pool: {enabled: %s, min: {gpu1: 1}, budget_per_hour: 1.5, claim_poll_seconds: 0.5}
-"""
+
+@pytest.fixture(scope="module")
+def launch_delay_s() -> float:
+    return LAUNCH_DELAY_S
 
 
 def _config(enabled: bool = True) -> Config:
-    return parse_config(CONFIG % ("true" if enabled else "false"))
-
-
-@pytest.fixture(scope="module", params=["v1", "v2"])
-def slow_cluster(request: pytest.FixtureRequest) -> Iterator[LocalAutoscalingCluster]:
-    if not _ray_cli_available():
-        if os.environ.get("CI"):
-            pytest.fail("the `ray` CLI is not installed")
-        pytest.skip("the `ray` CLI is not installed")
-    cluster = LocalAutoscalingCluster(
-        (
-            LocalNodeType("cpu4", {"CPU": 4}, max_workers=2),
-            LocalNodeType("gpu1", {"CPU": 1, "GPU": 1}, max_workers=3),
-        ),
-        autoscaler_v2=request.param == "v2",
-        idle_timeout_minutes=1.0,
-        launch_delay_s=BOOT_DELAY_S,
+    return parse_config(
+        config_text(
+            launch_seconds=15,
+            shapes={"gpu1": {"max": 3}},
+            targets=None,
+            daemon={"drain_share_per_tick": None},
+            warm_pool={
+                "enabled": enabled,
+                "min": {"gpu1": 1},
+                "budget_per_hour": 1.5,
+                "claim_poll_seconds": 0.5,
+            },
+        )
     )
-    with cluster:
-        yield cluster
-
-
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.25)
 
 
 def _node_of_gpu_task() -> str:
@@ -102,14 +77,12 @@ class _Run:
         )
         self.pool = RayWarmPool(self.actuator.ray_driver, {s.name: s.resources for s in cfg.node_shapes()})
         self.source = FakeSource(backlog=0.0, rate=0.0, slots=0.0)
-        self.daemon = Daemon(
-            config=cfg,
-            policy=load_policy(cfg.policy.name),
-            source=self.source,
+        self.daemon = cluster_daemon(
+            cfg,
             cluster=lambda: read_cluster_state(address),
+            source=self.source,
             actuator=self.actuator,
             store=store,
-            telemetry=Telemetry(tick_interval_seconds=1.0),
             warm_pool=self.pool,
         )
         self.notes: list[str] = []
@@ -152,7 +125,7 @@ async def test_standby_serves_waiting_work_refills_and_survives_restarts(
         await run.start()
         try:
             # The pool fills: a placeholder makes the autoscaler launch a gpu1 node and holds it.
-            await _until(lambda: len(run.ready()) == 1, "a ready standby gpu1 node")
+            await until(lambda: len(run.ready()) == 1, "a ready standby gpu1 node", in_thread=False)
             standby = run.ready()[0]
             state = await asyncio.to_thread(read)
             assert state.node(standby).node_type == "gpu1"
@@ -165,14 +138,18 @@ async def test_standby_serves_waiting_work_refills_and_survives_restarts(
                 slow_cluster.connect()
             before = {n.node_id for n in (await asyncio.to_thread(read)).workers}
             ref = driver.remote(num_cpus=1, num_gpus=1)(_node_of_gpu_task).remote()
-            ran_on = str(await asyncio.to_thread(ray.get, ref, timeout=BOOT_DELAY_S * 4))
+            ran_on = str(await asyncio.to_thread(ray.get, ref, timeout=LAUNCH_DELAY_S * 4))
             assert ran_on == standby
             assert standby in before
             claims = _gauge(run, "raytide_warm_pool_claims_total", shape="gpu1", trigger="waiting")
             assert claims == 1
 
             # The pool refills in the background with another node.
-            await _until(lambda: len(run.ready()) == 1 and run.ready()[0] != standby, "the pool to refill")
+            await until(
+                lambda: len(run.ready()) == 1 and run.ready()[0] != standby,
+                "the pool to refill",
+                in_thread=False,
+            )
             refilled = run.ready()[0]
             pool_costs.append(_gauge(run, "raytide_warm_pool_cost_per_hour"))
 
@@ -194,20 +171,24 @@ async def test_standby_serves_waiting_work_refills_and_survives_restarts(
                 name=orphan,
                 lifetime="detached",
             )
-            await _until(lambda: orphan in {p.name for p in run.pool.list()}, "the orphan to exist", 10)
+            await until(
+                lambda: orphan in {p.name for p in run.pool.list()}, "the orphan to exist", timeout_s=10
+            )
 
             run = _Run(slow_cluster, store, cfg)
             await run.start()
             # Ray removes placement groups asynchronously.
-            await _until(
+            await until(
                 lambda: not {orphan, member.name} & {p.name for p in run.pool.list()},
                 "the orphan and the interrupted claim's placeholder to be removed",
-                10,
+                timeout_s=10,
             )
             assert member.name not in {m.name for m in run.daemon.pool}
             assert any("orphan" in n for n in run.notes)
             # The claimed node is not given back to the pool; a new placeholder refills it.
-            await _until(lambda: len(run.ready()) == 1, "the pool to refill after the restart")
+            await until(
+                lambda: len(run.ready()) == 1, "the pool to refill after the restart", in_thread=False
+            )
             assert run.daemon.pool[0].name != member.name
             state = await asyncio.to_thread(read)
             assert len([p for p in await asyncio.to_thread(run.pool.list)]) == 1
@@ -232,12 +213,12 @@ async def test_without_a_pool_waiting_work_waits_for_a_new_node(
         await run.start()
         try:
             # The plan wants no node: the daemon drains the idle ones, then GPU work has nowhere to go.
-            await _until(lambda: not read_cluster_state(address).workers, "every idle node drained")
+            await until(lambda: not read_cluster_state(address).workers, "every idle node drained")
             if not ray.is_initialized():
                 slow_cluster.connect()
             driver: Any = ray
             ref = driver.remote(num_cpus=1, num_gpus=1)(_node_of_gpu_task).remote()
-            ran_on = str(await asyncio.to_thread(ray.get, ref, timeout=BOOT_DELAY_S * 6))
+            ran_on = str(await asyncio.to_thread(ray.get, ref, timeout=LAUNCH_DELAY_S * 6))
             state = await asyncio.to_thread(read_cluster_state, address)
             assert state.node(ran_on).node_type == "gpu1"
             assert not run.daemon.pool
