@@ -45,19 +45,14 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def recommend(prometheus: str, config: Path, *flags: str) -> tuple[int, str, str]:
+    return run("recommend", "--prometheus", prometheus, "--config", str(config), *flags)
+
+
 def test_recommend_adds_decode_capacity(prometheus_server: PrometheusServer, config_file: Path) -> None:
     wait_for_history(prometheus_server)
-    code, out, errout = run(
-        "recommend",
-        "--prometheus",
-        prometheus_server.url,
-        "--config",
-        str(config_file),
-        "--json",
-        "--history",
-        "6s",
-        "--step",
-        "2s",
+    code, out, errout = recommend(
+        prometheus_server.url, config_file, "--json", "--history", "6s", "--step", "2s"
     )
     assert code == 0, errout
     doc = json.loads(out)
@@ -79,17 +74,7 @@ def test_recommend_adds_decode_capacity(prometheus_server: PrometheusServer, con
 
 def test_recommend_table_explains_each_change(prometheus_server: PrometheusServer, config_file: Path) -> None:
     wait_for_history(prometheus_server)
-    code, out, errout = run(
-        "recommend",
-        "--prometheus",
-        prometheus_server.url,
-        "--config",
-        str(config_file),
-        "--history",
-        "4s",
-        "--step",
-        "2s",
-    )
+    code, out, errout = recommend(prometheus_server.url, config_file, "--history", "4s", "--step", "2s")
     assert code == 0, errout
     assert "bottleneck" in out
     assert "cpu4" in out and "decode slot(s)" in out
@@ -97,7 +82,7 @@ def test_recommend_table_explains_each_change(prometheus_server: PrometheusServe
 
 def test_unreachable_prometheus_exits_3_with_a_fix(config_file: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    code, _, errout = run("recommend", "--prometheus", url, "--config", str(config_file))
+    code, _, errout = recommend(url, config_file)
     assert code == EXIT_SOURCE
     assert "not usable" in errout and "--prometheus" in errout
 
@@ -105,7 +90,7 @@ def test_unreachable_prometheus_exits_3_with_a_fix(config_file: Path) -> None:
 def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("shapes:\n  - {name: a, resources: {CPU: 4}, price_per_hour: -1}\n")
-    code, _, errout = run("recommend", "--prometheus", "http://127.0.0.1:1", "--config", str(bad))
+    code, _, errout = recommend("http://127.0.0.1:1", bad)
     assert code == EXIT_CONFIG
     assert "shapes[0].price_per_hour" in errout
 
@@ -119,18 +104,7 @@ def test_missing_metric_exits_4_and_holds(prometheus_server: PrometheusServer, t
             "    stage_slots: 'sum by (dataset, operator) (no_such_metric_anywhere)'",
         )
     )
-    code, out, errout = run(
-        "recommend",
-        "--prometheus",
-        prometheus_server.url,
-        "--config",
-        str(cfg),
-        "--json",
-        "--history",
-        "4s",
-        "--step",
-        "2s",
-    )
+    code, out, errout = recommend(prometheus_server.url, cfg, "--json", "--history", "4s", "--step", "2s")
     assert code == EXIT_MISSING_METRICS
     doc = json.loads(out)
     assert doc["held"]

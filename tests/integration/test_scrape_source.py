@@ -29,6 +29,7 @@ from autoscaler.core.config import EXAMPLE_CONFIG, Config, PrometheusConfig, par
 from autoscaler.core.observe import OBSERVE_TEMPLATES, build_snapshot
 from autoscaler.core.queries import TEMPLATE_NAMES
 from autoscaler.types import Snapshot
+from tests.integration.capture_window import check_backed_up_snapshot
 from tests.integration.replay import PrometheusServer, ReplayExporter
 
 DECODE = 'operator=~"MapBatches\\\\(decode\\\\).*"'
@@ -80,21 +81,8 @@ async def test_snapshot_from_replayed_exporters(replay_exporter: ReplayExporter,
     assert all(r.error is None for r in results.values()), {n: r.error for n, r in results.items()}
     for sample in results["stage_backlog"].samples:
         assert set(sample.labels) == {"dataset", "operator"}
-    snapshot = build_snapshot(config, time.time(), results)
-    assert snapshot.errors == ()
-    decode = snapshot.stage("decode")
-    infer = snapshot.stage("infer")
-    assert decode.complete and infer.complete
-    assert decode.backlog.get() > 0
-    assert decode.throughput.known
-    assert decode.throughput.get() > 0
-    assert infer.backlog.get() < decode.backlog.get()
-    assert dict(snapshot.node_counts) == {"cpu4": 1, "gpu1": 1}
-    assert dict(snapshot.pending_counts) == {"cpu4": 0, "gpu1": 0}
-    # Every fake node has ip 192.0.2.2; the instance label (the exporter's host:port) keeps them apart.
-    assert len(snapshot.nodes) == 3
-    assert all(n.cpu_utilization.known for n in snapshot.nodes)
-    assert not any(n.gpu_utilization.known for n in snapshot.nodes)  # fake GPUs: unknown, not 0
+    # Every fake node has ip 192.0.2.2; the instance label (the exporter's host:port) keeps the three apart.
+    check_backed_up_snapshot(build_snapshot(config, time.time(), results))
 
 
 @pytest.mark.integration
