@@ -68,6 +68,10 @@ def _raylet() -> Any:
     return importlib.import_module("ray._raylet")
 
 
+# Module-level on purpose: one GcsClient per address per process, shared by the cluster reader, the actuator,
+# the placeholders and the dev cluster. Each client holds gRPC channels and threads that Ray never frees, so
+# per-object caches would leak a set per daemon built (tests and the demo build many in one process); and
+# ``forget_gcs_client`` gives the one owner of a cluster's lifetime (who stops it) a way to drop it.
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
