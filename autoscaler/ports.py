@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from autoscaler.core.queries import QueryResult
 from autoscaler.core.warm_pool import Standby
-from autoscaler.types import Plan, Resources, frozen_map
+from autoscaler.types import Plan, Resources, Snapshot, frozen_map
 
 # ------------------------------------------------------------------------------------------ cluster state
 
@@ -64,6 +64,15 @@ class PendingLaunch:
     detail: str = ""
 
 
+NODE_TYPE_RESOURCE_PREFIX = "raytide-node-type:"
+"""Prefix of the custom resource that marks a node type's nodes; raytide's placeholders ask for it."""
+
+
+def node_type_resource(node_type: str) -> str:
+    """The custom resource that marks nodes of ``node_type`` (one unit per node)."""
+    return f"{NODE_TYPE_RESOURCE_PREFIX}{node_type}"
+
+
 @dataclass(frozen=True, slots=True)
 class DemandBundle:
     """Resources someone is waiting for (or, for ``floor``, the requested minimum cluster shape)."""
@@ -72,6 +81,13 @@ class DemandBundle:
     count: int
     source: DemandSource
     detail: str = ""
+
+    @property
+    def raytide_placeholder(self) -> bool:
+        """Demand of raytide's own placeholders (their bundle asks for a node-type marker): not work."""
+        return self.source == "placement_group" and any(
+            k.startswith(NODE_TYPE_RESOURCE_PREFIX) for k in self.resources
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +179,24 @@ class Action:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredState:
+    """What the last committed tick left for the next one."""
+
+    tick: int
+    time: float
+    models: Mapping[str, Any]
+    """``ThroughputModels.to_json()`` as committed; restore with ``ThroughputModels.from_json``."""
+    decision_state: Mapping[str, Any]
+    """``DecisionState.to_json()`` as committed; restore with ``DecisionState.from_json``."""
+    plan: Plan
+    pending_actions: tuple[Action, ...] = field(default_factory=tuple)
+    """Actions intended or sent and not finished, oldest first (the same as ``pending_actions()``)."""
+
+
+HealthState = Literal["starting", "ok", "degraded", "stopping"]
+
+
+@dataclass(frozen=True, slots=True)
 class DrainResult:
     node_id: str
     accepted: bool
@@ -218,6 +252,71 @@ class WarmPool(Protocol):
     def create(self, name: str, shape: str) -> bool: ...
 
     def remove(self, name: str, pg_id: str | None = None) -> bool: ...
+
+
+class StateJournal(Protocol):
+    """Where the daemon keeps what a restart needs, and writes ahead every action it takes (``StateStore``
+    is one). Blocking; raises when the state cannot be read or written."""
+
+    def load(self) -> StoredState | None: ...
+
+    def commit_tick(
+        self,
+        *,
+        tick: int,
+        time: float,
+        models: Mapping[str, Any],
+        decision_state: Mapping[str, Any],
+        plan: Plan,
+        snapshot: Snapshot,
+        reasons: Sequence[str] = (),
+        actions: Sequence[Action] = (),
+    ) -> None:
+        """The tick, its decision and the actions it is about to take (``intended``), in one transaction."""
+
+    def begin_action(
+        self,
+        key: str,
+        *,
+        kind: ActionKind,
+        shape: str | None = None,
+        node_id: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        time: float | None = None,
+    ) -> Action:
+        """Record ``key`` as ``intended`` (again, for a retry) before the actuator is called."""
+
+    def finish_action(
+        self, key: str, status: ActionStatus, detail: str = "", *, time: float | None = None
+    ) -> Action: ...
+
+    def pending_actions(self) -> tuple[Action, ...]:
+        """Actions intended or sent and never finished, oldest first."""
+
+
+class TelemetrySink(Protocol):
+    """Where the daemon reports its ticks, its warm pool, actuation errors and its health (``Telemetry``
+    is one). Never blocks."""
+
+    def record_tick(
+        self, duration_s: float, plan: Plan, snapshot: Snapshot, policy_seconds: float
+    ) -> None: ...
+
+    def record_pool(
+        self,
+        ready: Mapping[str, int],
+        waiting: Mapping[str, int],
+        targets: Mapping[str, int],
+        cost_per_hour: float,
+    ) -> None: ...
+
+    def pool_claimed(self, shape: str, trigger: str, latency_s: float | None) -> None: ...
+
+    def pool_missed(self, shape: str, nodes: int) -> None: ...
+
+    def record_actuation_error(self, kind: str) -> None: ...
+
+    def set_health(self, state: HealthState, reasons: Iterable[str] = ()) -> None: ...
 
 
 class EventSink(Protocol):

@@ -17,8 +17,14 @@ from typing import IO
 
 import pytest
 
-from autoscaler.adapters import state_store
-from autoscaler.adapters.state_store import Migration, StateStore, StateStoreError
+from autoscaler.adapters.state_store import (
+    Migration,
+    StateStore,
+    StateStoreError,
+    actions_table,
+    connection,
+    decision_log,
+)
 from autoscaler.core.decide import DecisionState
 from autoscaler.core.guardrails import GuardState
 from autoscaler.core.throughput import ThroughputModels
@@ -65,7 +71,7 @@ def test_a_new_store_is_empty_migrated_and_in_wal_mode(db: Path) -> None:
         assert store.pending_actions() == ()
         assert store.recent_decisions() == []
         info = store.stats()
-        assert info["schema_version"] == state_store.MIGRATIONS[-1].version == store.schema_version()
+        assert info["schema_version"] == connection.MIGRATIONS[-1].version == store.schema_version()
         assert info["journal_mode"] == "wal"
         assert info["synchronous"] == "FULL"
     # WAL is a property of the file: any other connection sees it.
@@ -106,7 +112,7 @@ def test_forward_migrations_are_applied_once_and_keep_the_data(
     with StateStore(db) as store:
         commit(store, 1)
     v2 = Migration(2, "a note per decision", ("ALTER TABLE decisions ADD COLUMN note TEXT",))
-    monkeypatch.setattr(state_store, "MIGRATIONS", (*state_store.MIGRATIONS, v2))
+    monkeypatch.setattr(connection, "MIGRATIONS", (*connection.MIGRATIONS, v2))
     for _ in range(2):  # a second open must not apply v2 again (ALTER would fail)
         with StateStore(db) as store:
             assert store.schema_version() == 2
@@ -123,7 +129,7 @@ def test_forward_migrations_are_applied_once_and_keep_the_data(
 def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     StateStore(db).close()
     v2 = Migration(2, "broken", ("CREATE TABLE half (a)", "NOT SQL AT ALL"))
-    monkeypatch.setattr(state_store, "MIGRATIONS", (*state_store.MIGRATIONS, v2))
+    monkeypatch.setattr(connection, "MIGRATIONS", (*connection.MIGRATIONS, v2))
     with pytest.raises(StateStoreError, match=str(db)):
         StateStore(db)
     monkeypatch.undo()
@@ -322,9 +328,9 @@ def test_pruning_walks_indexes_not_the_whole_log(db: Path) -> None:
     StateStore(db).close()
     with sqlite3.connect(db) as con:
         for sql, args in (
-            (state_store._PRUNE_BY_TICK, (1,)),
-            (state_store._PRUNE_BY_TIME, (1.0, 1)),
-            (state_store._PRUNE_ACTIONS, ()),
+            (decision_log.PRUNE_BY_TICK, (1,)),
+            (decision_log.PRUNE_BY_TIME, (1.0, 1)),
+            (actions_table.PRUNE_ACTIONS, ()),
         ):
             plan = " | ".join(str(r[3]) for r in con.execute(f"EXPLAIN QUERY PLAN {sql}", args))
             assert "SCAN" not in plan, (sql, plan)
