@@ -1,6 +1,8 @@
 """The loop behind ``raytide run``: observe → decide → guard → act → publish."""
 
-from autoscaler.daemon.loop import Daemon, DryRunActuator, TickOutcome, choose_drains
+from autoscaler.daemon.acting import DryRunActuator, choose_drains
+from autoscaler.daemon.loop import Daemon
+from autoscaler.daemon.publish import TickOutcome
 from autoscaler.ports import Actuator, ClusterReader, EventSink, MetricsSource, WarmPool
 
 __all__ = [

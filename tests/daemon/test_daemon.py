@@ -14,12 +14,18 @@ import pytest
 
 from autoscaler.adapters.ray.cluster_state import ClusterStateError
 from autoscaler.adapters.state_store import StateStore
-from autoscaler.adapters.telemetry import Telemetry
 from autoscaler.app.plugins import load_policy
 from autoscaler.daemon import Daemon, DryRunActuator, choose_drains
-from autoscaler.ports import ClusterState, DrainResult
+from autoscaler.ports import DrainResult
 from autoscaler.types import Plan, ShapeChange
-from tests.support.daemon_fakes import FakeActuator, FakeCluster, FakeSource, make_config
+from tests.support.daemon_fakes import (
+    FakeActuator,
+    FakeCluster,
+    FakeSource,
+    make_config,
+    make_daemon,
+    telemetry_of,
+)
 
 
 class Crash(BaseException):
@@ -33,16 +39,7 @@ def daemon(
     actuator: FakeActuator,
     **daemon_cfg: object,
 ) -> Daemon:
-    cfg = make_config(**daemon_cfg)
-    return Daemon(
-        config=cfg,
-        policy=load_policy(cfg.policy.name),
-        source=source,
-        cluster=cluster,
-        actuator=actuator,
-        store=store,
-        telemetry=Telemetry(tick_interval_seconds=1.0),
-    )
+    return make_daemon(store, source, cluster, actuator, config=make_config(**daemon_cfg))
 
 
 @pytest.fixture
@@ -63,7 +60,7 @@ async def test_scales_up_persists_and_restarts_without_relaunching(store: StateS
     assert cluster.count("gpu1") == 4 and cluster.count("cpu4") == 0
     out = await d.tick()
     assert out.floor == {"cpu4": 0, "gpu1": 4} and first.launched == 4
-    assert d.telemetry.health().ready
+    assert telemetry_of(d).health().ready
 
     stored = store.load()
     assert stored is not None and stored.tick == 2 and stored.plan.targets() == {"cpu4": 0, "gpu1": 4}
@@ -147,17 +144,6 @@ async def test_restart_reconciles_drains_left_in_flight(store: StateStore, secon
     assert all(a.node_id not in (gone, other) for a in store.pending_actions())
 
 
-def _slow_cluster(cluster: FakeCluster) -> FakeCluster:
-    real = cluster.__call__
-
-    class Slow(FakeCluster):
-        def __call__(self) -> ClusterState:
-            time.sleep(1.0)
-            return real()
-
-    return Slow(nodes=cluster.nodes)
-
-
 FAULTS = ["metrics-down", "metrics-slow", "metrics-garbage", "gcs-down", "gcs-slow", "actuator-raises"]
 
 
@@ -169,7 +155,7 @@ async def test_faults_hold_degrade_and_recover(store: StateStore, fault: str) ->
     d = daemon(store, source, cluster, act)
     await d.start()
     await d.tick()
-    assert cluster.count("gpu1") == 4 and d.telemetry.state == "ok"
+    assert cluster.count("gpu1") == 4 and telemetry_of(d).state == "ok"
 
     # The backlog is gone, which would scale down — but a fault hides or breaks something.
     source.backlog, source.rate, source.slots = 0.0, 0.0, 0.0
@@ -182,7 +168,7 @@ async def test_faults_hold_degrade_and_recover(store: StateStore, fault: str) ->
     elif fault == "gcs-down":
         cluster.fail = ClusterStateError("GCS at 10.0.0.1:6379 unreachable")
     elif fault == "gcs-slow":
-        d._cluster = _slow_cluster(cluster)
+        cluster.slow_s = 1.0  # observe_timeout_seconds is 0.5
     else:
         act.fail = RuntimeError("drain_node RPC failed")
     drains_before = list(act.drains)
@@ -191,20 +177,19 @@ async def test_faults_hold_degrade_and_recover(store: StateStore, fault: str) ->
         assert out.degraded and out.errors
         assert cluster.count("gpu1") == 4 and act.drains == drains_before
         assert out.drained == ()
-    health = d.telemetry.health()
-    assert str(d.telemetry.state) == "degraded" and not health.ready and health.reasons
+    health = telemetry_of(d).health()
+    assert str(telemetry_of(d).state) == "degraded" and not health.ready and health.reasons
     if fault != "actuator-raises":
         assert out.plan.held
         # The floor last set stays asserted while held.
         assert out.floor == {"cpu4": 0, "gpu1": 4}
 
     source.fail, source.slow_s, source.garbage = None, 0.0, False
-    cluster.fail, act.fail = None, None
-    d._cluster = cluster
+    cluster.fail, cluster.slow_s, act.fail = None, 0.0, None
     out = await d.tick()
     assert not out.degraded and out.floor == {"cpu4": 0, "gpu1": 0}
     assert len(out.drained) == 2 and cluster.count("gpu1") == 2
-    assert d.telemetry.state == "ok" and d.telemetry.health().ready
+    assert telemetry_of(d).state == "ok" and telemetry_of(d).health().ready
 
 
 async def test_drains_only_idle_nodes_longest_idle_first_and_at_most_the_share(store: StateStore) -> None:
@@ -299,7 +284,7 @@ async def test_sigterm_finishes_the_current_tick_then_exits(store: StateStore) -
     stored = store.load()
     assert stored is not None and stored.tick == 1 and source.calls == 1
     assert cluster.count("gpu1") == 4  # the tick acted in full
-    assert d.telemetry.state == "stopping"
+    assert telemetry_of(d).state == "stopping"
     # Nothing was released: the floor stays for the next start.
     assert act.floors == [{"cpu4": 0, "gpu1": 4}]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -326,7 +311,7 @@ async def test_dry_run_actuator_changes_nothing(store: StateStore) -> None:
         cluster=cluster,
         actuator=dry,
         store=store,
-    )
+    )  # no telemetry: the daemon records nothing and still runs
     await d.start()
     out = await d.tick()
     assert dry.floors == [{"cpu4": 0, "gpu1": 0}] and len(dry.drains) == 1

@@ -11,14 +11,20 @@ from pathlib import Path
 import pytest
 
 from autoscaler.adapters.state_store import StateStore
-from autoscaler.adapters.telemetry import Telemetry
-from autoscaler.app.plugins import load_policy
 from autoscaler.core.config import Config, parse_config
+from autoscaler.core.policy_api import Policy, PolicyContext, PolicyDecision
 from autoscaler.core.warm_pool import standby_name
 from autoscaler.daemon import Daemon
 from autoscaler.ports import ClusterState, DemandBundle, Placeholder
 from autoscaler.types import frozen_map
-from tests.support.daemon_fakes import CONFIG_TEXT, FakeActuator, FakeCluster, FakeSource
+from tests.support.daemon_fakes import (
+    CONFIG_TEXT,
+    FakeActuator,
+    FakeCluster,
+    FakeSource,
+    make_daemon,
+    telemetry_of,
+)
 
 POOL = "warm_pool: {enabled: true, min: {gpu1: 1}, refill_delay_seconds: 0, claim_poll_seconds: 0.05}\n"
 
@@ -98,26 +104,39 @@ class FakeWarmPool:
         return True
 
 
-def build(
-    tmp_path: Path, cfg: Config | None = None
-) -> tuple[Daemon, PoolCluster, FakeActuator, FakeWarmPool, FakeSource]:
+@dataclass
+class Rig:
+    """A daemon with a warm pool, and the fakes around it."""
+
+    daemon: Daemon
+    cluster: PoolCluster
+    actuator: FakeActuator
+    pool: FakeWarmPool
+    source: FakeSource
+    store: StateStore
+
+    def restarted(self) -> Daemon:
+        """A new process on the same state file and cluster."""
+        return make_daemon(
+            self.store,
+            FakeSource(),
+            self.cluster,
+            self.actuator,
+            config=self.daemon.config,
+            policy=self.daemon.policy,
+            warm_pool=self.pool,
+        )
+
+
+def build(tmp_path: Path, cfg: Config | None = None, policy: Policy | None = None) -> Rig:
     cfg = cfg or pool_config()
     cluster = PoolCluster()
     actuator = FakeActuator(cluster)
     pool = FakeWarmPool(cluster, actuator.log)
     source = FakeSource(backlog=0.0, rate=0.0, slots=0.0)
     store = StateStore(tmp_path / "state.db")
-    daemon = Daemon(
-        config=cfg,
-        policy=load_policy(cfg.policy.name),
-        source=source,
-        cluster=cluster,
-        actuator=actuator,
-        store=store,
-        telemetry=Telemetry(tick_interval_seconds=1.0),
-        warm_pool=pool,
-    )
-    return daemon, cluster, actuator, pool, source
+    daemon = make_daemon(store, source, cluster, actuator, config=cfg, policy=policy, warm_pool=pool)
+    return Rig(daemon, cluster, actuator, pool, source, store)
 
 
 async def fill(daemon: Daemon) -> str:
@@ -131,7 +150,8 @@ async def fill(daemon: Daemon) -> str:
 
 
 async def test_pool_fills_and_the_plan_never_sees_standby_nodes(tmp_path: Path) -> None:
-    daemon, cluster, _actuator, _pool, _ = build(tmp_path)
+    rig = build(tmp_path)
+    daemon, cluster = rig.daemon, rig.cluster
     standby = await fill(daemon)
     out = await daemon.tick()
     assert out.floor == {"cpu4": 0, "gpu1": 1}  # plan 0 + pool 1
@@ -139,7 +159,7 @@ async def test_pool_fills_and_the_plan_never_sees_standby_nodes(tmp_path: Path) 
     assert standby not in {n.node_id for n in out.snapshot.nodes}
     assert out.pool is not None and out.pool.targets.counts["gpu1"] == 1
     assert cluster.count("gpu1") == 1 and not out.drained
-    reg = daemon.telemetry.registry
+    reg = telemetry_of(daemon).registry
     assert reg.get_sample_value("raytide_warm_pool_nodes", {"shape": "gpu1", "state": "ready"}) == 1
     assert reg.get_sample_value("raytide_warm_pool_cost_per_hour") == 1.0
 
@@ -150,7 +170,8 @@ async def test_scale_up_claims_standby_before_setting_the_floor(tmp_path: Path) 
         CONFIG_TEXT.replace("price_per_hour: 1.0, min: 0, max: 4", "price_per_hour: 1.0, min: 0, max: 8")
         + POOL
     )
-    daemon, _cluster, actuator, _pool, source = build(tmp_path, cfg)
+    rig = build(tmp_path, cfg)
+    daemon, actuator, source = rig.daemon, rig.actuator, rig.source
     standby = await fill(daemon)
     source.backlog, source.rate, source.slots = 100.0, 1.0, 1.0
     actuator.log.clear()
@@ -159,7 +180,7 @@ async def test_scale_up_claims_standby_before_setting_the_floor(tmp_path: Path) 
     assert out.claimed == (standby_name("gpu1", 1),)
     assert actuator.log[0] == f"remove {standby_name('gpu1', 1)}"  # the claim comes before the floor
     assert out.pool is not None and out.pool.cold == {"gpu1": out.plan.target("gpu1") - 1}
-    reg = daemon.telemetry.registry
+    reg = telemetry_of(daemon).registry
     assert reg.get_sample_value("raytide_warm_pool_claims_total", {"shape": "gpu1", "trigger": "plan"}) == 1
     assert reg.get_sample_value("raytide_warm_pool_misses_total", {"shape": "gpu1"}) == out.pool.cold["gpu1"]
     # The claimed node is now the plan's capacity, and the pool refills with a new placeholder.
@@ -169,13 +190,14 @@ async def test_scale_up_claims_standby_before_setting_the_floor(tmp_path: Path) 
 
 
 async def test_waiting_work_claims_a_standby_on_a_nudge(tmp_path: Path) -> None:
-    daemon, cluster, actuator, _pool, _ = build(tmp_path)
+    rig = build(tmp_path)
+    daemon, cluster, actuator = rig.daemon, rig.cluster, rig.actuator
     standby = await fill(daemon)
     run = asyncio.create_task(daemon.run(install_signal_handlers=False))
     try:
         cluster.waiting = [{"CPU": 1.0, "GPU": 1.0}]
         daemon.nudge()
-        reg = daemon.telemetry.registry
+        reg = telemetry_of(daemon).registry
 
         def claims() -> float | None:
             return reg.get_sample_value(
@@ -200,48 +222,33 @@ async def test_waiting_work_claims_a_standby_on_a_nudge(tmp_path: Path) -> None:
 async def test_restart_adopts_the_pool_finishes_interrupted_claims_and_removes_orphans(
     tmp_path: Path,
 ) -> None:
-    daemon, cluster, actuator, pool, _ = build(tmp_path)
+    rig = build(tmp_path)
+    daemon, pool, store = rig.daemon, rig.pool, rig.store
     await fill(daemon)
     mine = daemon.pool[0]
     # Another placeholder of ours, adopted after a restart; one with an interrupted claim; one orphan.
-    daemon._store.begin_action(
+    store.begin_action(
         f"warm:{standby_name('gpu1', 7)}", kind="warm", payload={"name": standby_name("gpu1", 7)}
     )
     pool.create(standby_name("gpu1", 7), "gpu1")
     pool.create(standby_name("cpu4", 99), "cpu4")
-    restarted = Daemon(
-        config=daemon.config,
-        policy=daemon.policy,
-        source=FakeSource(),
-        cluster=cluster,
-        actuator=actuator,
-        store=daemon._store,
-        warm_pool=pool,
-    )
+    restarted = rig.restarted()
     notes = await restarted.start()
     names = {m.name for m in restarted.pool}
     assert names == {mine.name, standby_name("gpu1", 7)}
     assert standby_name("cpu4", 99) not in {p.name for p in pool.list()}
     assert any("orphan" in n for n in notes)
     # A claim that was recorded but not done at the crash is finished, not repeated and not adopted.
-    restarted._store.begin_action(
+    store.begin_action(
         f"unwarm:{mine.name}",
         kind="unwarm",
         payload={"name": mine.name, "pg_id": mine.pg_id, "reason": "claim"},
     )
-    again = Daemon(
-        config=daemon.config,
-        policy=daemon.policy,
-        source=FakeSource(),
-        cluster=cluster,
-        actuator=actuator,
-        store=daemon._store,
-        warm_pool=pool,
-    )
+    again = rig.restarted()
     await again.start()
     assert mine.name not in {m.name for m in again.pool}
     assert mine.name not in {p.name for p in pool.list()}
-    assert not [a for a in again._store.pending_actions() if a.kind in ("warm", "unwarm")]
+    assert not [a for a in store.pending_actions() if a.kind in ("warm", "unwarm")]
     # New placeholders never reuse a name.
     out = await again.tick()
     assert out.pool is not None
@@ -249,7 +256,8 @@ async def test_restart_adopts_the_pool_finishes_interrupted_claims_and_removes_o
 
 
 async def test_unreadable_placeholders_hold_the_cluster(tmp_path: Path) -> None:
-    daemon, _cluster, _actuator, pool, source = build(tmp_path)
+    rig = build(tmp_path)
+    daemon, pool, source = rig.daemon, rig.pool, rig.source
     await fill(daemon)
     pool.fail = RuntimeError("GCS placement-group table unavailable")
     source.backlog, source.rate, source.slots = 100.0, 1.0, 1.0
@@ -260,8 +268,6 @@ async def test_unreadable_placeholders_hold_the_cluster(tmp_path: Path) -> None:
 
 
 async def test_policy_override_sets_the_pool_within_its_caps(tmp_path: Path) -> None:
-    from autoscaler.core.policy_api import PolicyContext, PolicyDecision
-
     class Wants3:
         name = "wants3"
 
@@ -269,11 +275,7 @@ async def test_policy_override_sets_the_pool_within_its_caps(tmp_path: Path) -> 
             return PolicyDecision(target_counts={"cpu4": 0, "gpu1": 0}, warm_pool={"gpu1": 9})
 
     cfg = parse_config(CONFIG_TEXT + POOL.replace("min: {gpu1: 1}", "max: {gpu1: 3}"))
-    daemon, _cluster, _actuator, _pool, _ = build(tmp_path, cfg)
-    daemon.policy = Wants3()
-    from autoscaler.daemon.loop import _TimedPolicy
-
-    daemon._timed_policy = _TimedPolicy(daemon.policy)
+    daemon = build(tmp_path, cfg, policy=Wants3()).daemon
     await daemon.start()
     out = await daemon.tick()
     assert out.pool is not None and out.pool.targets.counts["gpu1"] == 3
@@ -282,26 +284,29 @@ async def test_policy_override_sets_the_pool_within_its_caps(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("enabled", [False])
 async def test_disabled_pool_touches_no_placeholder(tmp_path: Path, enabled: bool) -> None:
-    daemon, _cluster, _actuator, pool, _ = build(tmp_path, parse_config(CONFIG_TEXT))
+    rig = build(tmp_path, parse_config(CONFIG_TEXT))
+    daemon, pool = rig.daemon, rig.pool
     await daemon.start()
     out = await daemon.tick()
     assert out.pool is None and not pool.groups and not daemon.pool
 
 
 async def test_an_active_node_is_never_drained_because_a_standby_node_exists(tmp_path: Path) -> None:
-    from autoscaler.core.policy_api import PolicyContext, PolicyDecision
-    from autoscaler.daemon.loop import _TimedPolicy
+    class OnceFilledOne:
+        """Nothing until the pool is filled (four ticks), then one gpu1 node."""
 
-    class One:
         name = "one"
 
-        def decide(self, ctx: PolicyContext) -> PolicyDecision:
-            return PolicyDecision(target_counts={"cpu4": 0, "gpu1": 1})
+        def __init__(self) -> None:
+            self.calls = 0
 
-    daemon, cluster, actuator, _pool, _ = build(tmp_path)
+        def decide(self, ctx: PolicyContext) -> PolicyDecision:
+            self.calls += 1
+            return PolicyDecision(target_counts={"cpu4": 0, "gpu1": 1 if self.calls > 4 else 0})
+
+    rig = build(tmp_path, policy=OnceFilledOne())
+    daemon, cluster, actuator = rig.daemon, rig.cluster, rig.actuator
     await fill(daemon)
-    daemon.policy = One()
-    daemon._timed_policy = _TimedPolicy(daemon.policy)
     out = await daemon.tick()
     assert len(out.claimed) == 1  # the standby node becomes the plan's one node, idle for now
     for _ in range(4):  # the pool refills with a second node

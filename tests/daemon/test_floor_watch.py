@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from autoscaler.adapters.state_store import StateStore
-from autoscaler.adapters.telemetry import Telemetry
-from autoscaler.app.plugins import load_policy
 from autoscaler.core.floor_watch import Shortfall, watch_floor
 from autoscaler.daemon import Daemon, DryRunActuator
 from autoscaler.ports import Actuator
-from tests.support.daemon_fakes import FakeActuator, FakeCluster, FakeSource, make_config
+from tests.support.daemon_fakes import (
+    FakeActuator,
+    FakeCluster,
+    FakeSource,
+    ManualClock,
+    make_config,
+    make_daemon,
+    telemetry_of,
+)
 
 
 def test_short_with_nothing_launching_is_reported_after_the_grace_only() -> None:
@@ -52,32 +59,27 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
     s.close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+T0 = 1_700_000_000.0
 
 
-def _daemon(store: StateStore, cluster: FakeCluster, actuator: Actuator, clock: Clock) -> Daemon:
-    cfg = make_config(floor_grace_seconds=30.0)
-    return Daemon(
-        config=cfg,
-        policy=load_policy(cfg.policy.name),
-        source=FakeSource(backlog=100.0),
-        cluster=cluster,
-        actuator=actuator,
-        store=store,
-        telemetry=Telemetry(tick_interval_seconds=1.0),
+def _daemon(
+    store: StateStore, cluster: FakeCluster, actuator: Actuator, clock: ManualClock, **kwargs: Any
+) -> Daemon:
+    return make_daemon(
+        store,
+        FakeSource(backlog=100.0),
+        cluster,
+        actuator,
+        config=make_config(floor_grace_seconds=30.0),
         clock=clock,
+        **kwargs,
     )
 
 
 async def test_an_ignored_floor_makes_the_daemon_degraded_until_the_nodes_come(store: StateStore) -> None:
     cluster = FakeCluster()
     actuator = FakeActuator(cluster, launch=False)  # the autoscaler ignores the floor, as v2 does above max
-    clock = Clock()
+    clock = ManualClock(T0)
     d = _daemon(store, cluster, actuator, clock)
     await d.start()
     first = await d.tick()
@@ -91,20 +93,36 @@ async def test_an_ignored_floor_makes_the_daemon_degraded_until_the_nodes_come(s
     assert out.degraded and out.floor == {"cpu4": 0, "gpu1": 4}  # still asking, never lowering
     [why] = out.errors
     assert "not carrying out the floor for gpu1: 4 wanted, 0 alive" in why
-    assert d.telemetry.state == "degraded"
+    assert telemetry_of(d).state == "degraded"
     for _ in range(4):
         cluster.add("gpu1")
     clock.now += 1.0
     assert not (await d.tick()).degraded
-    assert str(d.telemetry.state) == "ok"  # str(): mypy keeps the narrowing from the check above
+    assert str(telemetry_of(d).state) == "ok"  # str(): mypy keeps the narrowing from the check above
 
 
 async def test_a_dry_run_never_reports_its_floor_as_ignored(store: StateStore) -> None:
     cluster = FakeCluster()
-    clock = Clock()
+    clock = ManualClock(T0)
     d = _daemon(store, cluster, DryRunActuator(), clock)
     await d.start()
     for _ in range(5):
         out = await d.tick()
         assert not out.degraded, out.errors
         clock.now += 30.0
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+async def test_the_dry_run_flag_decides_not_the_actuator_type(store: StateStore, dry_run: bool) -> None:
+    """An explicit ``dry_run`` wins over what the actuator's type suggests."""
+    cluster = FakeCluster()
+    clock = ManualClock(T0)
+    actuator: Actuator = FakeActuator(cluster, launch=False) if dry_run else DryRunActuator()
+    d = _daemon(store, cluster, actuator, clock, dry_run=dry_run)
+    assert d.dry_run is dry_run
+    await d.start()
+    degraded = []
+    for _ in range(4):
+        degraded.append((await d.tick()).degraded)
+        clock.now += 30.0
+    assert any(degraded) is not dry_run

@@ -1,15 +1,30 @@
-"""Fakes for the daemon's adapters: a metrics source, a GCS view and an actuator that launch nodes at once."""
+"""Fakes for the daemon's ports: a metrics source, a GCS view and an actuator that launch nodes at once, a
+service manager that records what it hears, manual clocks, and a builder for a daemon made of them."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from autoscaler.adapters.telemetry import Telemetry
+from autoscaler.app.plugins import load_policy
 from autoscaler.core.config import Config, parse_config
+from autoscaler.core.policy_api import Policy
 from autoscaler.core.queries import QueryResult, make_sample
-from autoscaler.ports import ClusterState, DrainResult, RayNode
+from autoscaler.daemon import Daemon
+from autoscaler.ports import (
+    Actuator,
+    ClusterReader,
+    ClusterState,
+    DrainResult,
+    MetricsSource,
+    RayNode,
+    StateJournal,
+)
 
 DS = "dataset_1"
 INFER = "MapBatches(Infer)_2"
@@ -88,10 +103,14 @@ class FakeCluster:
 
     nodes: list[RayNode] = field(default_factory=list)
     fail: Exception | None = None
+    slow_s: float = 0.0
+    """Each read blocks this long (it runs in a worker thread, as the real reader does)."""
     counter: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> ClusterState:
+        if self.slow_s:
+            time.sleep(self.slow_s)
         if self.fail is not None:
             raise self.fail
         with self.lock:
@@ -154,3 +173,68 @@ class FakeActuator:
             return DrainResult(node_id, False, "The node to be idle terminated is no longer idle.")
         self.cluster.remove(node_id)
         return DrainResult(node_id, True)
+
+
+class ManualClock:
+    """A clock that moves only when told."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class RecordingService:
+    """A service manager that keeps what it heard, in order: ``ready``, ``status <text>``, ``watchdog``,
+    ``stopping``."""
+
+    heard: list[str] = field(default_factory=list)
+
+    def ready(self) -> None:
+        self.heard.append("ready")
+
+    def status(self, text: str) -> None:
+        self.heard.append(f"status {text}")
+
+    def watchdog(self) -> None:
+        self.heard.append("watchdog")
+
+    def stopping(self) -> None:
+        self.heard.append("stopping")
+
+    def kinds(self) -> list[str]:
+        return [h.split(" ", 1)[0] for h in self.heard]
+
+
+def make_daemon(
+    store: StateJournal,
+    source: MetricsSource,
+    cluster: ClusterReader,
+    actuator: Actuator,
+    *,
+    config: Config | None = None,
+    policy: Policy | None = None,
+    telemetry: Telemetry | None = None,
+    **kwargs: Any,
+) -> Daemon:
+    """A daemon with (by default) ``make_config()``, its policy and a telemetry of its own; ``kwargs`` go to
+    the constructor."""
+    cfg = config or make_config()
+    return Daemon(
+        config=cfg,
+        policy=policy if policy is not None else load_policy(cfg.policy.name),
+        source=source,
+        cluster=cluster,
+        actuator=actuator,
+        store=store,
+        telemetry=telemetry if telemetry is not None else Telemetry(tick_interval_seconds=1.0),
+        **kwargs,
+    )
+
+
+def telemetry_of(daemon: Daemon) -> Telemetry:
+    """The real telemetry :func:`make_daemon` gave the daemon (its health and registry)."""
+    assert isinstance(daemon.telemetry, Telemetry)
+    return daemon.telemetry
