@@ -1,24 +1,20 @@
-"""The ``raytide`` command line."""
+"""The ``raytide`` command line.
+
+Each command imports what it needs when it runs: ``raytide --help``, ``policies`` and ``check-config`` must
+not pay for scikit-learn, SciPy or Ray.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 
-from autoscaler.app.config_file import load_config
-from autoscaler.app.config_file import state_path as config_state_path
-from autoscaler.app.plugins import PolicyLoadError, installed_policies, load_policy
-from autoscaler.core.config import EXAMPLE_CONFIG, Config, ConfigError, parse_config
-from autoscaler.core.durations import DurationError, parse_duration
-from autoscaler.types import Snapshot
+if TYPE_CHECKING:
+    from autoscaler.core.config import Config
+    from autoscaler.types import Snapshot
 
 app = typer.Typer(
     name="raytide",
@@ -32,9 +28,12 @@ err = Console(stderr=True)
 EXIT_CONFIG = 2
 EXIT_SOURCE = 3
 EXIT_MISSING_METRICS = 4
+EXIT_STATE = 5
 
 
 def _parse_duration(text: str) -> float:
+    from autoscaler.core.durations import DurationError, parse_duration
+
     try:
         return parse_duration(text)
     except DurationError as e:
@@ -42,6 +41,9 @@ def _parse_duration(text: str) -> float:
 
 
 def _load(config_path: Path | None) -> tuple[Config, str]:
+    from autoscaler.app.config_file import load_config
+    from autoscaler.core.config import EXAMPLE_CONFIG, parse_config
+
     if config_path is None:
         return parse_config(EXAMPLE_CONFIG, "<embedded default>"), "the embedded default configuration"
     return load_config(config_path), str(config_path)
@@ -52,6 +54,10 @@ def check_config(
     config: Annotated[Path, typer.Argument(help="The raytide YAML configuration to check.")],
 ) -> None:
     """Validate a configuration file and report every problem with its path (and line) in the file."""
+    from autoscaler.app.config_file import load_config
+    from autoscaler.app.plugins import PolicyLoadError, load_policy
+    from autoscaler.core.config import ConfigError
+
     try:
         cfg = load_config(config)
     except ConfigError as e:
@@ -67,9 +73,6 @@ def check_config(
         f"policy {cfg.policy.name!r}",
         highlight=False,
     )
-
-
-EXIT_STATE = 5
 
 
 def _ray_address(given: str | None) -> str | None:
@@ -120,17 +123,13 @@ def run(
     2 bad configuration; 3 Ray (GCS) or the metrics source unusable at start-up; 4 (--once) the tick was
     degraded; 5 the state file cannot be used.
     """
-    import tempfile
+    import asyncio
 
-    from autoscaler.adapters.logging_setup import configure_logging
-    from autoscaler.adapters.ray.actuator import ActuatorError, RayActuator
-    from autoscaler.adapters.ray.cluster_state import ClusterStateError, read_cluster_state
-    from autoscaler.adapters.ray.placeholders import RayWarmPool
-    from autoscaler.adapters.state_store import StateStore, StateStoreError
-    from autoscaler.adapters.telemetry import Telemetry
+    from autoscaler.app.config_file import load_config
+    from autoscaler.app.plugins import PolicyLoadError, load_policy
+    from autoscaler.app.wiring import WiringError, WiringOptions, wire
+    from autoscaler.core.config import ConfigError
     from autoscaler.core.queries import PrometheusConfigError
-    from autoscaler.daemon import Daemon, DryRunActuator
-    from autoscaler.ports import Actuator, ClusterState, MetricsSource
 
     try:
         cfg = load_config(config)
@@ -148,114 +147,27 @@ def run(
             "no Ray cluster address: pass --ray-address HOST:PORT (the GCS, port 6379 by default), set "
             "ray.address in the configuration or RAY_ADDRESS, or run raytide on the Ray head node.",
         )
-    timeout_s = cfg.ray.timeout_seconds
     try:
-        read_cluster_state(address, timeout_s=timeout_s)
-    except ClusterStateError as e:
-        raise _fail(
-            EXIT_SOURCE,
-            f"cannot read the Ray cluster at {address}: {e}\nIs the Ray head running, and is the address "
-            "the GCS's host:port (--ray-address / ray.address)?",
-        ) from None
-
-    actuator: Actuator
-    if dry_run:
-        actuator = DryRunActuator()
-    else:
-        ray_actuator = RayActuator.from_shapes(
-            address,
-            cfg.node_shapes(),
-            floor_form=cfg.ray.floor_form,
-            label_key=cfg.ray.label_key,
-            use_coordinator=cfg.ray.use_coordinator,
-            timeout_s=timeout_s,
+        wiring = wire(
+            cfg, policy, WiringOptions(ray_address=address, dry_run=dry_run, interval_seconds=interval)
         )
-        try:
-            ray_actuator.form()
-        except ActuatorError as e:
+    except WiringError as e:
+        if e.part == "cluster":
+            raise _fail(
+                EXIT_SOURCE,
+                f"cannot read the Ray cluster at {address}: {e}\nIs the Ray head running, and is the address "
+                "the GCS's host:port (--ray-address / ray.address)?",
+            ) from None
+        if e.part == "actuator":
             raise _fail(EXIT_CONFIG, f"{config}: ray: {e}") from None
-        actuator = ray_actuator
-
-    warm_pool: RayWarmPool | None = None
-    if cfg.warm_pool.enabled and not dry_run:
-        warm_pool = RayWarmPool(ray_actuator.ray_driver, {s.name: s.resources for s in cfg.node_shapes()})
-
-    scratch = tempfile.TemporaryDirectory(prefix="raytide-dry-run-") if dry_run else None
-    state_path = Path(scratch.name) / "state.db" if scratch is not None else config_state_path(cfg.daemon)
-    try:
-        store = StateStore(state_path)
-    except StateStoreError as e:
         raise _fail(EXIT_STATE, str(e)) from None
 
-    def read_cluster() -> ClusterState:
-        return read_cluster_state(address, timeout_s=timeout_s)
-
     async def main() -> int:
-        from autoscaler.adapters.http_endpoint import HttpEndpoint
-        from autoscaler.adapters.mqtt_events import EventPublisher
-
-        source: MetricsSource
-        closer: Any
-        if cfg.prometheus.url:
-            from autoscaler.adapters.prometheus import PrometheusSource
-
-            prom = PrometheusSource(config=cfg.prometheus)
-            source, closer = prom, prom
-        else:
-            from autoscaler.adapters.scrape import FileDiscovery, RayExporterSource
-
-            scrape = RayExporterSource(config=cfg.prometheus, discovery=FileDiscovery())
-            source, closer = scrape, scrape
-        telemetry = Telemetry(tick_interval_seconds=interval or cfg.daemon.interval_seconds)
-        events: EventPublisher | None = None
-        if cfg.mqtt.enabled:
-            password = (
-                cfg.mqtt.password_file.read_text(encoding="utf-8").strip() if cfg.mqtt.password_file else None
-            )
-            events = EventPublisher(
-                cluster=cfg.mqtt.cluster,
-                host=cfg.mqtt.host,
-                port=cfg.mqtt.port,
-                prefix=cfg.mqtt.prefix,
-                username=cfg.mqtt.username,
-                password=password,
-                hooks=telemetry,
-            )
-            await events.start()
-        endpoint: HttpEndpoint | None = None
-        nudge_to: list[Daemon] = []
-        if cfg.daemon.http_port is not None:
-            endpoint = HttpEndpoint(
-                registry=telemetry.registry,
-                health=telemetry,
-                host=cfg.daemon.http_host,
-                port=cfg.daemon.http_port,
-                on_nudge=lambda: nudge_to[0].nudge() if nudge_to else None,
-            )
-            await endpoint.start()
-            err.print(f"raytide: metrics and health on {endpoint.url}", highlight=False)
-        daemon = Daemon(
-            config=cfg,
-            policy=policy,
-            source=source,
-            cluster=read_cluster,
-            actuator=actuator,
-            store=store,
-            telemetry=telemetry,
-            events=events,
-            interval_seconds=interval,
-            warm_pool=warm_pool,
-        )
-        nudge_to.append(daemon)
-        try:
+        async with wiring.daemon() as daemon:
+            if wiring.endpoint_url is not None:
+                err.print(f"raytide: metrics and health on {wiring.endpoint_url}", highlight=False)
             await daemon.start()
             await daemon.run(max_ticks=1 if once else None)
-        finally:
-            if endpoint is not None:
-                await endpoint.aclose()
-            if events is not None:
-                await events.aclose()
-            await closer.aclose()
         last = daemon.last
         if once and last is not None:
             Console().print(
@@ -270,7 +182,6 @@ def run(
             return EXIT_MISSING_METRICS if last.degraded else 0
         return 0
 
-    configure_logging(cfg.daemon.log_format, cfg.daemon.log_level)
     try:
         code = asyncio.run(main())
     except PrometheusConfigError as e:
@@ -278,9 +189,7 @@ def run(
     except OSError as e:
         raise _fail(EXIT_SOURCE, f"cannot start: {e}") from None
     finally:
-        store.close()
-        if scratch is not None:
-            scratch.cleanup()
+        wiring.close()
     if code:
         raise typer.Exit(code)
 
@@ -288,6 +197,8 @@ def run(
 @app.command("policies")
 def policies() -> None:
     """List the installed policies (entry-point group ``raytide.policies``)."""
+    from autoscaler.app.plugins import installed_policies
+
     for name, target in installed_policies().items():
         Console().print(f"{name}\t{target}", highlight=False)
 
@@ -311,9 +222,17 @@ def recommend(
     Exit codes: 0 plan made; 2 bad configuration; 3 Prometheus unreachable or failing;
     4 metrics missing or unknown (the plan, if printed, holds the cluster as it is).
     """
+    import asyncio
+    import json
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn
+
     from autoscaler.adapters.prometheus import PrometheusSource
+    from autoscaler.app.plugins import PolicyLoadError, load_policy
     from autoscaler.app.recommend import fetch_history, recommend_from, sample_times
     from autoscaler.app.report import recommendation_json, render_recommendation
+    from autoscaler.core.config import ConfigError
     from autoscaler.core.queries import PrometheusConfigError
 
     history_s, step_s = _parse_duration(history), _parse_duration(step)
@@ -435,7 +354,8 @@ def demo(
         raise typer.BadParameter("--autoscaler must be v1 or v2")
     if time_limit is not None and not time_limit > 0:
         raise typer.BadParameter("--time-limit must be > 0")
-    from autoscaler.demo.live import DemoOptions, run_demo
+    from autoscaler.demo.options import DemoOptions
+    from autoscaler.demo.runner import run_demo
 
     version: Literal["v1", "v2"] = "v1" if autoscaler == "v1" else "v2"
     extra: dict[str, Any] = {"out_dir": out_dir, "autoscaler": version}
@@ -450,7 +370,9 @@ def demo(
 def _demo_simulated(out_dir: Path) -> None:
     """The simulated demo: a CPU→GPU pipeline under a step in load, the default policy against an emulation
     of Ray's own autoscaling, with a PNG timeline and a JSON report."""
-    import json as _json
+    import json
+
+    from rich.table import Table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "summary.json"
@@ -458,6 +380,8 @@ def _demo_simulated(out_dir: Path) -> None:
         "raytide demo: simulating the 'step' scenario (CPU decode → GPU inference, load 100/s → 300/s → "
         "100/s) under the throughput policy and under ray-default (Ray's autoscaler + Ray Data)…"
     )
+    # Imported after the message: the simulator takes a moment to import.
+    from autoscaler.app.plugins import load_policy
     from autoscaler.app.simulate import results_json
     from autoscaler.sim.plot import plot_scenario
     from autoscaler.sim.results import run_policy
@@ -469,7 +393,7 @@ def _demo_simulated(out_dir: Path) -> None:
         runs[name] = run_policy(scenario, load_policy(name))
     png = plot_scenario(scenario.name, runs, out_dir / "timeline.png")
     doc = results_json([(path, scenario)], {scenario.name: runs})
-    json_path.write_text(_json.dumps(doc, indent=2))
+    json_path.write_text(json.dumps(doc, indent=2))
     table = Table(title=f"{scenario.name}: {scenario.description}", title_justify="left")
     for col in ("policy", "cost $", "SLO-miss s", "scale actions", "reversals"):
         table.add_column(col, justify="left" if col == "policy" else "right")

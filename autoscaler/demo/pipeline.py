@@ -1,7 +1,7 @@
 """The pipeline behind ``raytide demo``: bursts of work through a CPU ``decode`` stage and a GPU ``Infer``
 actor pool, as a Ray Data job. Run as its own driver process::
 
-    python -m autoscaler.demo.live.pipeline --address HOST:PORT --bursts 40,40 --gap 15
+    python -m autoscaler.demo.pipeline --address HOST:PORT --bursts 40,40 --gap 15
 
 Each burst is one dataset: ``range`` → ``map_batches(decode, num_cpus=1)`` → ``map_batches(Infer,
 num_gpus=1, compute=ActorPoolStrategy(min_size=1, max_size=max_actors))``. The work is ``time.sleep``: one

@@ -17,7 +17,7 @@ from autoscaler.devcluster.cluster import ray_stop
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 DEMO_TIMEOUT_S = 200.0
-"""``--quick`` takes about 100 s on a 2-core machine and stops itself after 170 s."""
+"""Above ``--quick``'s own time limit (170 s), after which the demo stops itself and reports."""
 
 
 def _raytide() -> list[str]:
@@ -29,7 +29,10 @@ def _raytide() -> list[str]:
 
 def _ray_processes() -> list[str]:
     found = subprocess.run(
-        ["pgrep", "-fa", "raylet|gcs_server|demo_pipeline"], capture_output=True, text=True, check=False
+        ["pgrep", "-fa", "raylet|gcs_server|autoscaler[.]demo[.]pipeline"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return [line for line in found.stdout.splitlines() if line.strip()]
 
