@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python -P bench/sim_speed.py
 	$(BIN)/python -P bench/reaction.py
 	$(BIN)/python -P bench/warm_pool.py
+	$(BIN)/python -P bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
