@@ -9,6 +9,7 @@ them again.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,6 +27,7 @@ from autoscaler.adapters.ray.cluster_state import ClusterStateError, read_cluste
 from autoscaler.adapters.ray.placeholders import RayWarmPool
 from autoscaler.adapters.scrape import FileDiscovery, RayExporterSource
 from autoscaler.adapters.state_store import StateStore, StateStoreError
+from autoscaler.adapters.systemd_notify import from_environment
 from autoscaler.adapters.telemetry import Telemetry
 from autoscaler.app.config_file import state_path as configured_state_path
 from autoscaler.core.config import Config
@@ -100,6 +102,7 @@ class Wiring:
     @asynccontextmanager
     async def daemon(self) -> AsyncIterator[Daemon]:
         """The daemon with its metrics source, MQTT events and HTTP endpoint started; all closed on exit.
+        It tells systemd how it is doing when ``$NOTIFY_SOCKET`` is set.
 
         The daemon is constructed, not started: the caller awaits ``start()`` and ``run()`` (or ``tick()``).
         """
@@ -108,7 +111,8 @@ class Wiring:
         async with AsyncExitStack() as stack:
             source = self.metrics_source()
             stack.push_async_callback(source.aclose)
-            telemetry = Telemetry(tick_interval_seconds=interval or cfg.daemon.interval_seconds)
+            tick_seconds = interval or cfg.daemon.interval_seconds
+            telemetry = Telemetry(tick_interval_seconds=tick_seconds)
             self.telemetry = telemetry
             events: EventPublisher | None = None
             if cfg.mqtt.enabled:
@@ -152,6 +156,7 @@ class Wiring:
                 events=events,
                 interval_seconds=interval,
                 warm_pool=self.warm_pool,
+                service=from_environment(os.environ, interval_seconds=tick_seconds),
             )
             nudge_to.append(daemon)
             yield daemon

@@ -3,6 +3,7 @@ part it names when something cannot be built, and the servers it starts and stop
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 from pathlib import Path
@@ -128,3 +129,34 @@ async def test_the_endpoint_serves_while_the_daemon_is_open_and_nudges_it(
         async with httpx.AsyncClient() as client:
             with pytest.raises(httpx.ConnectError):
                 await client.get(f"{url}/metrics")
+
+
+@pytest.mark.usefixtures("readable_cluster")
+async def test_the_daemon_tells_systemd_it_is_ready_when_notify_socket_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = parse_config(
+        CONFIG % "null" + f"prometheus: {{url: 'http://127.0.0.1:{_closed_port()}'}}\n",
+        "<test>",
+    )
+    cfg = cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={"observe_timeout_seconds": 2.0})})
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(0.0)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        options = WiringOptions(
+            ray_address="127.0.0.1:6379",
+            dry_run=True,
+            state_path=tmp_path / "state.db",
+            configure_logging=False,
+        )
+        with wire(cfg, load_policy("throughput"), options) as wiring:
+            async with wiring.daemon() as daemon:
+                await daemon.run(max_ticks=1, install_signal_handlers=False)
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(sock.recv(65536).decode())
+    assert messages[0] == "READY=1", messages
+    assert "WATCHDOG=1" in messages
