@@ -13,7 +13,8 @@ sized once, for the moment they land.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from autoscaler.core.demand import DemandTargets, stage_demands
@@ -21,19 +22,176 @@ from autoscaler.core.policy_api import PolicyContext, PolicyDecision
 from autoscaler.types import Snapshot, slot_hosts
 
 
-def _float_pairs(raw: object) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    if isinstance(raw, Mapping):
-        for k, v in raw.items():
-            if isinstance(v, list | tuple) and all(isinstance(x, int | float) for x in v):
-                out[str(k)] = [float(x) for x in v]
-    return out
+@dataclass(frozen=True, slots=True)
+class RateHistory:
+    """The throughputs that past decisions measured, oldest first, as columns: decision ``k`` measured
+    ``throughput[k]`` over the ``span[k]`` seconds that ended at ``end[k]``."""
+
+    end: tuple[float, ...] = ()
+    span: tuple[float, ...] = ()
+    throughput: tuple[float, ...] = ()
+
+    def left_window(self, start: float, dt: float) -> float | None:
+        """The throughput measured over ``[start - dt, start]`` — the slice a windowed rate just dropped —
+        if a decision measured exactly that slice (same spacing, same end within a quarter of it)."""
+        for when, span, tp in zip(
+            reversed(self.end), reversed(self.span), reversed(self.throughput), strict=True
+        ):
+            if abs(when - start) <= 0.25 * dt and abs(span - dt) <= 0.25 * dt:
+                return tp
+        return None
+
+    def since(self, start: float) -> RateHistory:
+        """The measurements that ended at ``start`` or later."""
+        ends = self.end
+        keep = [k for k, e in enumerate(ends) if e >= start]
+        if not keep:
+            return _NO_HISTORY
+        lo, hi = keep[0], keep[-1] + 1
+        if hi - lo == len(keep):  # the usual case, a run of the newest ones: slices
+            return RateHistory(ends[lo:hi], self.span[lo:hi], self.throughput[lo:hi])
+        return RateHistory(
+            tuple(ends[k] for k in keep),
+            tuple(self.span[k] for k in keep),
+            tuple(self.throughput[k] for k in keep),
+        )
+
+    def then(self, end: float, span: float, throughput: float) -> RateHistory:
+        """This history with one more measurement."""
+        return RateHistory((*self.end, end), (*self.span, span), (*self.throughput, throughput))
+
+
+_NO_HISTORY = RateHistory()
+
+
+@dataclass(frozen=True, slots=True)
+class StageMemory:
+    """What the policy remembers of one stage from its last decision."""
+
+    time: float
+    backlog: float
+    throughput: float | None
+    """The windowed throughput read then (None only in state from before it was remembered)."""
+    history: RateHistory = _NO_HISTORY
+    """The per-decision throughputs of about the last rate window."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputState:
+    """The policy's state between decisions, and its JSON form (``ctx.state``)."""
+
+    stages: Mapping[str, StageMemory]
+    pending_since: Mapping[str, float]
+    """Per shape with launches pending: since when it has had some."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stages": {
+                name: {
+                    "time": m.time,
+                    "backlog": m.backlog,
+                    "throughput": m.throughput,
+                    "history": {
+                        "end": list(m.history.end),
+                        "span": list(m.history.span),
+                        "throughput": list(m.history.throughput),
+                    },
+                }
+                for name, m in self.stages.items()
+            },
+            "pending_since": dict(self.pending_since),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ThroughputState:
+        """Reads its own layout and the one written before this class (``backlog``: stage → ``[time,
+        backlog]`` or ``[time, backlog, throughput]``; ``history``: stage → ``[[end, span, throughput],
+        ...]``), so a daemon restarted on newer code keeps what the older one learned. Entries that are not
+        well-formed are dropped: unreadable state is a first decision, not a crash."""
+        stages = raw.get("stages")
+        memory = _stages(stages) if isinstance(stages, Mapping) else _old_stages(raw)
+        return cls(stages=memory, pending_since=_floats(raw.get("pending_since")))
+
+
+def _number(x: object) -> float | None:
+    if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x):
+        return float(x)
+    return None
 
 
 def _floats(raw: object) -> dict[str, float]:
     if not isinstance(raw, Mapping):
         return {}
     return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def _stages(raw: Mapping[Any, Any]) -> dict[str, StageMemory]:
+    out: dict[str, StageMemory] = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, Mapping):
+            continue
+        when, backlog = _number(entry.get("time")), _number(entry.get("backlog"))
+        if when is None or backlog is None:
+            continue
+        cols = entry.get("history")
+        history = _history(cols) if isinstance(cols, Mapping) else _NO_HISTORY
+        out[str(name)] = StageMemory(when, backlog, _number(entry.get("throughput")), history)
+    return out
+
+
+_FLOAT_ONLY = {float}
+
+
+def _history(cols: Mapping[Any, Any]) -> RateHistory:
+    # Runs for every stage on every decision, over about a rate window of measurements each, and the
+    # columns are almost always the policy's own (finite floats): checked and copied without a call per
+    # value. A finite sum proves a column finite (an inf or nan in it makes the sum inf or nan); anything
+    # else is read measurement by measurement.
+    end, span, tp = cols.get("end"), cols.get("span"), cols.get("throughput")
+    if not (isinstance(end, list) and isinstance(span, list) and isinstance(tp, list)):
+        return _NO_HISTORY
+    if (
+        len(end) == len(span) == len(tp)
+        and set(map(type, end)) | set(map(type, span)) | set(map(type, tp)) <= _FLOAT_ONLY
+        and math.isfinite(sum(end) + sum(span) + sum(tp))
+    ):
+        return RateHistory(tuple(end), tuple(span), tuple(tp))
+    return _history_of_rows(zip(end, span, tp, strict=False))
+
+
+def _history_of_rows(rows: Iterable[object]) -> RateHistory:
+    ends: list[float] = []
+    spans: list[float] = []
+    tps: list[float] = []
+    for row in rows:
+        if not (isinstance(row, list | tuple) and len(row) == 3):
+            continue
+        end, span, tp = (_number(x) for x in row)
+        if end is not None and span is not None and tp is not None:
+            ends.append(end)
+            spans.append(span)
+            tps.append(tp)
+    return RateHistory(tuple(ends), tuple(spans), tuple(tps))
+
+
+def _old_stages(raw: Mapping[str, Any]) -> dict[str, StageMemory]:
+    """The layout before ``ThroughputState``: positional lists, told apart by their length."""
+    readings, rows = raw.get("backlog"), raw.get("history")
+    if not isinstance(readings, Mapping):
+        return {}
+    histories = rows if isinstance(rows, Mapping) else {}
+    out: dict[str, StageMemory] = {}
+    for name, v in readings.items():
+        if not (isinstance(v, list | tuple) and len(v) in (2, 3)):
+            continue
+        values = [_number(x) for x in v]
+        when, backlog = values[0], values[1]
+        if when is None or backlog is None or (len(values) == 3 and values[2] is None):
+            continue
+        old_rows = histories.get(name)
+        history = _history_of_rows(old_rows) if isinstance(old_rows, list) else _NO_HISTORY
+        out[str(name)] = StageMemory(when, backlog, values[2] if len(values) == 3 else None, history)
+    return out
 
 
 class ThroughputPolicy:
@@ -55,32 +213,27 @@ class ThroughputPolicy:
             headroom=self._headroom if self._headroom is not None else t.headroom,
         )
         snap = ctx.snapshot
-        prev = _float_pairs(ctx.state.get("backlog"))
-        pending_since = _floats(ctx.state.get("pending_since"))
-
+        state = ThroughputState.from_json(ctx.state)
         window = ctx.config.prometheus.rate_window_seconds
-        history = _histories(ctx.state.get("history"))
         recent: dict[str, float] = {}
         recent_tp: dict[str, float] = {}
-        seen: dict[str, list[float]] = {}
-        kept: dict[str, list[list[float]]] = {}
+        memory: dict[str, StageMemory] = {}
         for st in snap.stages:
             if not (st.backlog.known and st.throughput.known):
                 continue
-            seen[st.name] = [snap.time, st.backlog.get(), st.throughput.get()]
-            before = prev.get(st.name)
-            if before and len(before) in (2, 3) and snap.time > before[0]:
-                dt = snap.time - before[0]
-                tp_prev = before[2] if len(before) == 3 else None
-                left = _left_window(history.get(st.name, []), snap.time - window, dt)
-                tp = recent_throughput(st.throughput.get(), tp_prev, window, dt, left=left)
+            backlog, tp_now = st.backlog.get(), st.throughput.get()
+            history = _NO_HISTORY
+            before = state.stages.get(st.name)
+            if before is not None and snap.time > before.time:
+                dt = snap.time - before.time
+                left = before.history.left_window(snap.time - window, dt)
+                tp = recent_throughput(tp_now, before.throughput, window, dt, left=left)
                 recent_tp[st.name] = tp
-                recent[st.name] = tp + (st.backlog.get() - before[1]) / dt
-                # Each entry: when, and the throughput over the ``dt`` before then.
-                past = [h for h in history.get(st.name, []) if h[0] >= snap.time - window - 2 * dt]
-                kept[st.name] = [*past, [snap.time, dt, tp]]
+                recent[st.name] = tp + (backlog - before.backlog) / dt
+                history = before.history.since(snap.time - window - 2 * dt).then(snap.time, dt, tp)
+            memory[st.name] = StageMemory(snap.time, backlog, tp_now, history)
         new_pending = {
-            s.name: pending_since.get(s.name, snap.time)
+            s.name: state.pending_since.get(s.name, snap.time)
             for s in snap.shapes
             if int(snap.pending_counts.get(s.name, 0)) > 0
         }
@@ -88,9 +241,9 @@ class ThroughputPolicy:
         demands = stage_demands(
             snap.stages, targets, lead_seconds=leads, recent_arrival=recent, recent_throughput=recent_tp
         )
-        state: dict[str, Any] = {"backlog": seen, "pending_since": new_pending, "history": kept}
+        kept = ThroughputState(stages=memory, pending_since=new_pending)
         return PolicyDecision(
-            demands=demands, reasons=tuple(d.reason for d in demands if d.hold), state=state
+            demands=demands, reasons=tuple(d.reason for d in demands if d.hold), state=kept.to_json()
         )
 
 
@@ -112,53 +265,6 @@ def recent_throughput(
         return max(0.0, now)
     gone = left if left is not None and math.isfinite(left) and left >= 0 else before
     return max(0.0, (window / dt) * (now - before) + gone)
-
-
-def _left_window(history: list[list[float]], start: float, dt: float) -> float | None:
-    """The throughput measured over ``[start - dt, start]`` — the slice a windowed rate just dropped — if an
-    earlier decision measured exactly that slice (same spacing, same end within a quarter of it)."""
-    for when, span, tp in reversed(history):
-        if abs(when - start) <= 0.25 * dt and abs(span - dt) <= 0.25 * dt:
-            return tp
-    return None
-
-
-def _histories(raw: object) -> dict[str, list[list[float]]]:
-    out: dict[str, list[list[float]]] = {}
-    if isinstance(raw, Mapping):
-        for k, v in raw.items():
-            if isinstance(v, list):
-                out[str(k)] = _history_rows(v)
-    return out
-
-
-def _history_rows(rows: list[object]) -> list[list[float]]:
-    # Runs for every remembered row of every stage on every decision, and the rows are almost always the
-    # policy's own (a list of three finite floats), which are copied without a call per row. A finite sum
-    # proves all three finite (an inf or nan in any of them makes it inf or nan); the rest goes through
-    # _history_row.
-    out: list[list[float]] = []
-    isfinite = math.isfinite
-    for row in rows:
-        if type(row) is list and len(row) == 3:
-            a, b, c = row
-            if type(a) is float and type(b) is float and type(c) is float and isfinite(a + b + c):
-                out.append([a, b, c])
-                continue
-        if (r := _history_row(row)) is not None:
-            out.append(r)
-    return out
-
-
-def _history_row(row: object) -> list[float] | None:
-    if not (isinstance(row, list | tuple) and len(row) == 3):
-        return None
-    a, b, c = row
-    if not (isinstance(a, int | float) and isinstance(b, int | float) and isinstance(c, int | float)):
-        return None
-    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
-        return None
-    return [float(a), float(b), float(c)]
 
 
 def _lead_seconds(ctx: PolicyContext, snap: Snapshot, pending_since: Mapping[str, float]) -> dict[str, float]:

@@ -604,8 +604,110 @@ def test_throughput_state_is_json_and_tolerates_garbage() -> None:
         state = run_policy(ThroughputPolicy(), snap_at(15.0 * i, 20.0), cfg, state=state).state
     kept = json.loads(json.dumps(dict(state.policy_state)))
     assert kept == dict(state.policy_state)
-    assert len(kept["history"]["decode"]) >= 4  # a rate window of per-decision throughputs
-    for garbage in ({"history": "x", "backlog": 3}, {"history": {"decode": [[1, "a", 2], None, [1.0]]}}):
+    assert len(kept["stages"]["decode"]["history"]["end"]) >= 4  # a rate window of per-decision throughputs
+    for garbage in (
+        {"history": "x", "backlog": 3},
+        {"history": {"decode": [[1, "a", 2], None, [1.0]]}},
+        {"stages": {"decode": {"time": "x", "backlog": 1.0}, "infer": [1.0, 2.0]}},
+        {"stages": {"decode": {"time": 1.0, "backlog": 1.0, "history": [None, {"end": "a"}, [1.0, 2.0]]}}},
+        {"stages": {"decode": {"time": 1.0, "backlog": 1.0, "history": {"end": [1.0, "a"], "span": [2.0]}}}},
+        {"stages": 3, "pending_since": {"cpu4": "soon"}},
+    ):
         bad = DecisionState(policy_state=MappingProxyType(garbage))
         plan = run_policy(ThroughputPolicy(), snap_at(200.0, 20.0), cfg, state=bad).plan
         assert not plan.held
+
+
+# A state the throughput policy wrote before ThroughputState (positional lists), and what that code decided
+# from it at t=90 (see _restart_snapshot): a daemon restarted on newer code must carry on from it.
+_OLD_LAYOUT_STATE: dict[str, Any] = {
+    "backlog": {"decode": [75.0, 250.0, 30.0], "infer": [75.0, 5.0, 30.0]},
+    "pending_since": {"cpu4": 0.0},
+    "history": {
+        "decode": [
+            [15.0, 15.0, 28.0],
+            [30.0, 15.0, 30.0],
+            [45.0, 15.0, 32.0],
+            [60.0, 15.0, 34.0],
+            [75.0, 15.0, 36.0],
+        ],
+        "infer": [
+            [15.0, 15.0, 28.0],
+            [30.0, 15.0, 30.0],
+            [45.0, 15.0, 32.0],
+            [60.0, 15.0, 34.0],
+            [75.0, 15.0, 36.0],
+        ],
+    },
+}
+_OLD_LAYOUT_DECIDED = ({"cpu4": 6, "gpu1": 4}, {"decode": 99.99999999999999, "infer": 106.05})
+
+
+def _restart_config() -> Config:
+    return config(
+        stages=[
+            make_stage_config(name="decode", resources={"CPU": 1}, prior_rate={"cpu4": 5.0}),
+            make_stage_config(name="infer", resources={"CPU": 1, "GPU": 1}, prior_rate={"gpu1": 20.0}),
+        ]
+    )
+
+
+def _restart_snapshot(cfg: Config, t: float, tp: float, backlog: float) -> Snapshot:
+    return make_snapshot(
+        time=t,
+        config=cfg,
+        nodes=make_nodes(shape="cpu4", count=4) + make_nodes(shape="gpu1", count=1),
+        pending_counts={"cpu4": 2},
+        stages=[
+            make_stage(
+                name="decode", backlog=backlog, throughput=tp, slots_busy=4, slots_by_shape={"cpu4": 4}
+            ),
+            make_stage(
+                name="infer",
+                backlog=5.0,
+                throughput=tp,
+                slots_busy=1,
+                slots_by_shape={"gpu1": 1},
+                upstream="decode",
+            ),
+        ],
+    )
+
+
+def test_throughput_reads_the_state_its_previous_layout_wrote() -> None:
+    from types import MappingProxyType
+
+    from autoscaler.core.decide import DecisionState
+    from policies.throughput import RateHistory, ThroughputState
+
+    cfg = _restart_config()
+    old = ThroughputState.from_json(_OLD_LAYOUT_STATE)
+    assert old.pending_since == {"cpu4": 0.0}
+    assert old.stages["decode"].time == 75.0 and old.stages["decode"].backlog == 250.0
+    assert old.stages["decode"].throughput == 30.0
+    assert old.stages["infer"].history == RateHistory(
+        end=(15.0, 30.0, 45.0, 60.0, 75.0), span=(15.0,) * 5, throughput=(28.0, 30.0, 32.0, 34.0, 36.0)
+    )
+    # The new code, run through the same ticks, remembers exactly what the old code did.
+    state = DecisionState()
+    for i in range(6):
+        state = run_policy(
+            ThroughputPolicy(),
+            _restart_snapshot(cfg, 15.0 * i, 20.0 + 2 * i, 100.0 + 30 * i),
+            cfg,
+            state=state,
+        ).state
+    assert dict(state.policy_state) == old.to_json()
+    assert ThroughputState.from_json(json.loads(json.dumps(old.to_json()))) == old
+    # Restarted on the old layout, it decides what the old code decided.
+    restored = DecisionState(policy_state=MappingProxyType(_OLD_LAYOUT_STATE))
+    plan = run_policy(ThroughputPolicy(), _restart_snapshot(cfg, 90.0, 40.0, 400.0), cfg, state=restored).plan
+    assert (plan.targets(), {d.stage: d.target_rate for d in plan.demands}) == _OLD_LAYOUT_DECIDED
+    # A state from before the throughput was remembered ([time, backlog]) still counts the backlog's growth.
+    short = {"backlog": {"decode": [75.0, 250.0]}, "pending_since": {}}
+    assert ThroughputState.from_json(short).stages["decode"].throughput is None
+    grown = ThroughputPolicy().decide(
+        make_context(_restart_snapshot(cfg, 90.0, 40.0, 400.0), cfg, state=short)
+    )
+    assert grown.demands is not None
+    assert {d.stage for d in grown.demands} == {"decode", "infer"}
