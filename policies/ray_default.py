@@ -1,68 +1,11 @@
 """``ray-default``: what users have today — Ray's own autoscaler (v1) driven by Ray Data, emulated.
 
-This is the baseline raytide is measured against, so it copies Ray 2.60's rules (facts read from Ray's
-source; no Ray code is copied or imported) instead of improving on them. Every rule names its source file
-(paths under ``ray/``):
-
-Ray Data — ``data/_internal/cluster_autoscaler/`` (the default, ``RATE_BASED`` per ``__init__.py``):
-
-- ``rate_based_cluster_autoscaler.py``: scale-up only. At most one request per 10 s
-  (``MIN_GAP_BETWEEN_AUTOSCALING_REQUESTS_S``). If CPU, GPU and memory logical utilization (resources held
-  by running tasks / cluster resources, ``resource_utilization_gauge.py``) are all below 0.5, it re-sends
-  its previous request unchanged. Otherwise it asks for enough task bundles to run the pipeline at twice
-  its current optimal throughput (``DEFAULT_CLUSTER_SCALING_UP_FACTOR = 2``), where growth is capped at
-  +256 CPUs and +32 GPUs per step (``DEFAULT_CLUSTER_SCALING_UP_MAX_RESOURCE_DELTA``); every operator not
-  finished gets at least one bundle; a bundle is the operator's CPU/GPU/memory per task.
-- ``throughput_solver.py``: every operator must sustain the same pipeline throughput T; operator i with
-  per-task rate r_i needs T / r_i tasks; the optimal T is the largest that fits the CPU, GPU and memory
-  totals and each operator's concurrency limit. Rates are normalised along the chain
-  (``_get_normalization_factor``); here by each edge's selectivity (downstream arrival / upstream
-  throughput), with 1 where unknown, as Ray skips unknown ratios.
-- The request is a cluster-wide floor (``request_resources``, merged by the ``AutoscalingCoordinator``); it
-  is cancelled when the dataset ends (``on_executor_shutdown``) — here, when no stage has any work.
-- ``execution/streaming_executor_state.py``: when the whole pipeline is idle, one operator may submit a
-  task regardless of resource limits (liveness). Emulated as one pending bundle of the most upstream stage
-  with a backlog when no stage has a busy slot and the snapshot carries no pending demand.
-
-Ray's autoscaler — ``autoscaler/_private/``:
-
-- ``autoscaler.py`` (``terminate_nodes_to_enforce_config_constraints``), run before launching: workers are
-  visited most recently used first; one is kept while its type is at or below ``min_workers``, removed when
-  its type is over ``max_workers``, kept when the floor (``request_resources``) bin-packs onto it
-  (``_get_nodes_needed_for_request_resources``), removed when idle past ``idle_timeout_minutes`` (default 5
-  min in ``ray-schema.json``), and otherwise kept; then, if workers still exceed the cluster's
-  ``max_workers``, the least recently used removable ones go. Nothing else ever scales down: no node with
-  work on it is removed, however little it does.
-- ``resource_demand_scheduler.py`` (``get_nodes_to_launch``): (1) add nodes up to each type's
-  ``min_workers``; (2) bin-pack the floor onto the *total* resources of all nodes (running and launching),
-  and launch for what does not fit; (3) bin-pack pending demand onto the *free* resources of running nodes
-  plus whole launching/just-added nodes, and launch for what does not fit; (4) cap launches per type at
-  ``max(5, int(upscaling_speed × max(running of that type, 1)))`` minus nodes of that type already
-  launching — nodes for ``min_workers`` and the floor are exempt
-  (``_get_concurrent_resource_demand_to_launch``; 5 is ``AUTOSCALER_UPSCALING_INITIAL_NUM_NODES`` in
-  ``constants.py``).
-- ``get_bin_pack_residual``: bundles in decreasing (number of resources, sum of amounts, items) order,
-  each into the first node it fits.
-- ``get_nodes_for``: one node at a time, the type with the highest ``_resource_based_utilization_scorer``
-  score among types below their ``max_workers``, until the demand fits or ``max_workers`` (cluster) is
-  reached; ties go to the type name sorting last. The score is (no GPU node for a demand that asks for no
-  GPU — ``AUTOSCALER_CONSERVE_GPU_NODES``, on by default, judged on the whole demand, not per bundle;
-  number of the node's resources (amount ≥ 1) the demand uses; min over the node's resources (amount ≥ 1)
-  of amount × utilization³; their mean), after greedily packing the demand onto one empty node of the
-  type; a type onto which nothing fits is not a candidate.
-
-Inputs: Ray's demand vector is ``snapshot.pending_demand`` (bundles waiting for a node); Ray Data's floor
-is recomputed from the stages and carried from tick to tick in the policy state, as Ray Data's executor
-carries its last request.
-
-Where raytide's snapshot cannot say what Ray would see, the emulation decides as follows (and says so in
-its reasons): free resources of running nodes are estimated from the stages' busy slots (on the shapes they
-are attributed to, else first-fit), and a running node is treated as full when some stage's busy slots are
-unknown (pending demand means the scheduler found no room); worker types are raytide's node shapes
-(``max_count`` is ``max_workers``, ``min_count`` is ``min_workers``, ``bounds.max_nodes`` is the cluster's
-``max_workers``) and the head node is not modelled. An idle node is one whose ``idle_seconds`` is at least the
-timeout (Ray compares last-used time strictly; the difference is one instant). Ray's v2 autoscaler (KubeRay,
-``ray up``) scores node types differently; this emulates v1, the default for a bare ``ray start``.
+It is the baseline raytide is measured against, so it copies Ray 2.60's rules instead of improving on them
+(facts read from Ray's source; no Ray code is copied or imported). Each function that emulates a rule names
+its source file, under ``ray/``: Ray Data's cluster autoscaler in ``data/_internal/cluster_autoscaler/``
+(the default, ``RATE_BASED`` per its ``__init__.py``), Ray's autoscaler in ``autoscaler/_private/``. Ray's
+v2 autoscaler (KubeRay, ``ray up``) scores node types differently; this emulates v1, the default for a bare
+``ray start``.
 """
 
 from __future__ import annotations
@@ -160,7 +103,8 @@ def _take(node: dict[str, float], b: Bundle, k: int) -> None:
 
 
 def _pack(nodes: Sequence[dict[str, float]], demand: Demand) -> tuple[Demand, list[int]]:
-    """``get_bin_pack_residual``: first fit, in Ray's order; mutates ``nodes``.
+    """``get_bin_pack_residual`` (``resource_demand_scheduler.py``): bundles in decreasing (number of
+    resources, sum of amounts, items) order, each into the first node it fits; mutates ``nodes``.
 
     A node that cannot take one more copy of a bundle never can later (its free resources only shrink), so
     filling node by node is exactly Ray's copy-by-copy first fit. Returns (residual, nodes used: indexes).
@@ -202,7 +146,11 @@ def _fill(capacity: Mapping[str, float], demand: Demand) -> tuple[list[int], dic
 def _score(
     capacity: Mapping[str, float], demand: Demand, taken: list[int], remaining: Mapping[str, float]
 ) -> Score | None:
-    """``_resource_based_utilization_scorer`` for one empty node of a type; None when nothing fits."""
+    """``_resource_based_utilization_scorer`` for one empty node of a type, after greedily packing the
+    demand onto it; None when nothing fits (the type is not a candidate). The score is (no GPU node for a
+    demand that asks for no GPU — ``AUTOSCALER_CONSERVE_GPU_NODES``, on by default, judged on the whole
+    demand, not per bundle; number of the node's resources (amount ≥ 1) the demand uses; min over the node's
+    resources (amount ≥ 1) of amount × utilization³; their mean)."""
     if not any(taken):
         return None
     wanted = {r for b, _ in demand for r, a in b if a > 0}
@@ -224,7 +172,9 @@ def _score(
 def _nodes_for(
     shapes: Sequence[NodeShape], existing: Mapping[str, int], max_to_add: int, demand: Demand
 ) -> tuple[dict[str, int], Demand]:
-    """``get_nodes_for``: add the best-scoring type one node at a time until the demand fits.
+    """``get_nodes_for`` (``resource_demand_scheduler.py``): one node at a time, the type with the highest
+    ``_score`` among types below their ``max_workers``, until the demand fits or ``max_to_add`` (the
+    cluster's ``max_workers``) is reached; ties go to the type name sorting last.
 
     Exact shortcut for huge demands: while every bundle has at least as many copies left as one node of any
     type could hold, each type's score is unchanged, so the same type wins again — those steps are taken
@@ -305,7 +255,12 @@ def _known(st: StageObservation) -> bool:
 
 
 def _source_factors(stages: Sequence[StageObservation]) -> dict[str, float]:
-    """Per stage, its units per unit entering the chain: the product of the selectivities above it."""
+    """Per stage, its units per unit entering the chain: the product of the selectivities above it.
+
+    Ray Data normalises rates along the chain (``_get_normalization_factor`` in ``throughput_solver.py``);
+    here by each edge's selectivity (downstream arrival / upstream throughput), with 1 where unknown, as Ray
+    skips unknown ratios.
+    """
     by_name = {s.name: s for s in stages}
     out: dict[str, float] = {}
 
@@ -333,7 +288,9 @@ def _max_throughput(
     limits: Mapping[str, float],
     concurrency: Mapping[str, int | None],
 ) -> float:
-    """``compute_optimal_throughput``: the largest T every resource total and concurrency limit allows."""
+    """``compute_optimal_throughput`` (``throughput_solver.py``): every operator must sustain the same
+    pipeline throughput T; operator i with per-task rate r_i needs T / r_i tasks; the optimal T is the
+    largest that fits the CPU, GPU and memory totals and each operator's concurrency limit."""
     best = math.inf
     for res in RAY_DATA_RESOURCES:
         cost = sum(needs[k].get(res, 0.0) / r for k, r in rates.items())
@@ -349,6 +306,19 @@ def _max_throughput(
 def _ray_data_request(
     snap: Snapshot, config: Config, running: Mapping[str, int], previous: _Request
 ) -> tuple[_Request, str]:
+    """Ray Data's resource request (``rate_based_cluster_autoscaler.py``), scale-up only.
+
+    At most one request per 10 s (``MIN_GAP_BETWEEN_AUTOSCALING_REQUESTS_S``). If CPU, GPU and memory
+    logical utilization (resources held by running tasks / cluster resources,
+    ``resource_utilization_gauge.py``) are all below 0.5, it re-sends its previous request unchanged.
+    Otherwise it asks for enough task bundles to run the pipeline at twice its current optimal throughput
+    (``DEFAULT_CLUSTER_SCALING_UP_FACTOR = 2``), growth capped at +256 CPUs and +32 GPUs per step
+    (``DEFAULT_CLUSTER_SCALING_UP_MAX_RESOURCE_DELTA``); every operator not finished gets at least one
+    bundle; a bundle is the operator's CPU/GPU/memory per task. The request is a cluster-wide floor
+    (``request_resources``, merged by the ``AutoscalingCoordinator``), cancelled when the dataset ends
+    (``on_executor_shutdown``) — here, when no stage has any work. It is carried from tick to tick in the
+    policy state, as Ray Data's executor carries its last request.
+    """
     stages = snap.stages
     if not stages:
         return _Request([], snap.time), "Ray Data: no pipeline running, no resource request"
@@ -413,7 +383,12 @@ def _ray_data_request(
 
 
 def _liveness_bundle(snap: Snapshot, config: Config) -> Demand:
-    """One task of the most upstream stage with a backlog, when nothing runs at all."""
+    """One task of the most upstream stage with a backlog, when nothing runs at all.
+
+    ``execution/streaming_executor_state.py``: when the whole pipeline is idle, one operator may submit a
+    task regardless of resource limits (liveness); emulated as one pending bundle, used when no stage has a
+    busy slot and the snapshot carries no pending demand.
+    """
     if not snap.stages or not all(st.slots_busy.known for st in snap.stages):
         return []
     if any(st.slots_busy.get() > 0 for st in snap.stages):
@@ -472,7 +447,12 @@ def _is_idle(w: _Worker) -> bool:
 def _free_capacity(
     snap: Snapshot, config: Config, workers: Sequence[_Worker]
 ) -> tuple[list[dict[str, float]], str]:
-    """Estimated free resources per running worker (same order), from the stages' busy slots."""
+    """Estimated free resources per running worker (same order), from the stages' busy slots.
+
+    Ray knows each node's free resources; a snapshot does not, so they are estimated from the stages' busy
+    slots (on the shapes they are attributed to, else first-fit), and a running node is taken as full when
+    some stage's busy slots are unknown (pending demand means the scheduler found no room).
+    """
     free = [dict(w.shape.resources) for w in workers]
     if not all(st.slots_busy.known for st in snap.stages):
         return [
@@ -507,6 +487,11 @@ def _number(name: str, value: object) -> float:
 
 
 class RayDefaultPolicy:
+    """Ray's demand vector is ``snapshot.pending_demand`` (bundles waiting for a node); Ray Data's floor is
+    recomputed from the stages. Worker types are raytide's node shapes (``max_count`` is ``max_workers``,
+    ``min_count`` is ``min_workers``, ``bounds.max_nodes`` is the cluster's ``max_workers``); the head node is
+    not modelled. Where the snapshot cannot say what Ray would see, the reasons say how it was decided."""
+
     name = "ray-default"
 
     def __init__(self, *, upscaling_speed: float = 1.0, idle_timeout_seconds: float = 300.0) -> None:
@@ -553,7 +538,17 @@ class RayDefaultPolicy:
     def _terminate(
         self, workers: Sequence[_Worker], floor: Demand, config: Config, reasons: list[str]
     ) -> dict[str, _Worker]:
-        """Idle termination (autoscaler.py), most recently used first."""
+        """``terminate_nodes_to_enforce_config_constraints`` (``autoscaler.py``), run before launching.
+
+        Workers are visited most recently used first; one is kept while its type is at or below
+        ``min_workers``, removed when its type is over ``max_workers``, kept when the floor
+        (``request_resources``) bin-packs onto it (``_get_nodes_needed_for_request_resources``), removed when
+        idle past ``idle_timeout_minutes`` (default 5 min in ``ray-schema.json``), and otherwise kept; then,
+        if workers still exceed the cluster's ``max_workers``, the least recently used removable ones go.
+        Nothing else ever scales down: no node with work on it is removed, however little it does. An idle
+        node is one whose ``idle_seconds`` is at least the timeout (Ray compares last-used time strictly;
+        the difference is one instant).
+        """
         totals = [dict(w.shape.resources) for w in workers]
         _, needed_idx = _pack(totals, floor)
         needed = {workers[i].node_id for i in needed_idx}
@@ -603,7 +598,16 @@ class RayDefaultPolicy:
         floor: Demand,
         reasons: list[str],
     ) -> dict[str, int]:
-        """get_nodes_to_launch (resource_demand_scheduler.py) with the upscaling-speed cap."""
+        """``get_nodes_to_launch`` (``resource_demand_scheduler.py``).
+
+        (1) Add nodes up to each type's ``min_workers``; (2) bin-pack the floor onto the *total* resources
+        of all nodes (running and launching), and launch for what does not fit; (3) bin-pack pending demand
+        onto the *free* resources of running nodes plus whole launching/just-added nodes, and launch for
+        what does not fit; (4) cap launches per type at ``max(5, int(upscaling_speed × max(running of that
+        type, 1)))`` minus nodes of that type already launching — nodes for ``min_workers`` and the floor
+        are exempt (``_get_concurrent_resource_demand_to_launch``; 5 is
+        ``AUTOSCALER_UPSCALING_INITIAL_NUM_NODES`` in ``constants.py``).
+        """
         shapes = snap.shapes
         counts = {s.name: alive[s.name] + pending[s.name] for s in shapes}
         added: list[dict[str, float]] = [dict(s.resources) for s in shapes for _ in range(pending[s.name])]

@@ -1,57 +1,5 @@
-"""What a run is worth: cost, SLO misses, backlog age, GPU use while work waits, churn, convergence.
-
-Definitions (all computed from the per-step record of a run; ``dt`` is the step):
-
-- ``cost``: dollars; every node is billed from its launch request until its removal (or the end of the
-  run), at its shape's price — pending, draining and warm-pool nodes included.
-- ``slo_miss_seconds``: seconds (steps × dt) in which some stage's queue, at the end of the step, was above
-  what that stage drains in ``config.targets.drain_seconds`` at the rate it processed work in that step:
-  ``queued_k > drain_seconds × processed_k / dt`` (and > 0). A stage with queued work and no capacity
-  misses; a stage starved by a slow upstream has no queue and does not.
-- ``p95_backlog_age_seconds``: the 95th percentile, over units of work entering the pipeline, of the time
-  from entering the first stage's queue to being processed by the last stage (end-to-end queueing time),
-  assuming FIFO order at every stage. Exact for the fluid model: a unit is identified by its position in
-  the cumulative input, and it leaves when the last stage's cumulative output (converted back to input
-  units by the selectivities) reaches that position. Work still queued at the end counts with its age at
-  the end (a lower bound). Processing itself takes no time in the fluid model, so a pipeline that keeps up
-  has ages near 0.
-- ``gpu_utilization_while_queued``: GPU-seconds busy / GPU-seconds on usable nodes, over the steps in which
-  GPU work waited: more than ``world.queued_threshold`` units queued at a GPU stage (work a GPU could take
-  right now). High values mean that GPU work is not left waiting while GPUs sit idle. None when GPU work
-  never waited, or no GPU was usable then.
-
-  Until issue 4 this also counted steps in which the work was queued only *upstream* of a GPU stage (e.g.
-  at a CPU decode stage). That definition was wrong for what the metric claims to measure: such work
-  cannot run on a GPU yet, so a GPU idle then is not idle "while GPU work is queued" — it is starved by a
-  CPU stage, which SLO-miss seconds and backlog age already measure. On ``steady`` under ``throughput`` (as
-  it was before issue 4) it averaged GPUs over 69 s of start-up in which the GPU stage had no queue at all
-  (0 of 7,200 steps had a GPU-stage backlog), and on ``noisy_diurnal`` 1,560 of its 1,583 steps were such
-  upstream-only steps. The old figure is still reported as ``gpu_utilization_while_upstream_queued`` so
-  the starvation stays visible.
-- ``gpu_utilization_while_upstream_queued``: the same ratio over the steps in which more than the threshold
-  was queued at a GPU stage *or upstream of one* (work that will need a GPU later); low values mean GPUs
-  were paid for while the work that needs them sat behind a slower CPU stage. None as above.
-- ``scale_actions``: (decision, shape) pairs whose target differed from the current count (running plus
-  pending). ``reversals``: per shape, an action in the opposite direction to that shape's previous action;
-  summed over shapes.
-- ``decisions_to_converge``: for each step change in the trace (``change_points``) the decisions after it,
-  up to the next change (or the end), are numbered 1, 2, …; after an upward step the answer is the number of
-  the last decision that *raised* any target (0 if none did), after a downward step the last that changed
-  any target; provided at least one more decision follows it and, at some decision from then on, no stage
-  misses the SLO; otherwise None (not converged). Reported separately for upward and downward steps (the
-  worst over steps of that direction): downward steps wait out the scale-down stabilization window by
-  design.
-
-  Until issue 4 an upward step also counted the decisions that later *lowered* targets. That was wrong for
-  upward steps: a policy that drains the backlog a step leaves (as the SLO asks) buys catch-up capacity
-  and sells it back once the backlog is gone, and the guardrails allow that only after
-  ``scale_down_window_seconds`` (300 s, 20 decisions, in the standard scenarios) — so the old count
-  measured the window, and no policy that drains faster than its headroom and respects the window could
-  reach 2. Growing again after the first decisions (creeping up tick by tick, or buying back what was
-  sold) still counts in full. The old count is kept as ``decisions_to_settle``; what the catch-up
-  capacity costs is in ``cost``.
-- ``decisions_to_settle``: the old definition for both directions: the number of the last decision after the
-  step that changed any target, up or down, under the same conditions.
+"""What a simulation run is worth: cost, SLO misses, backlog age, GPU use while work waits, churn and
+convergence, computed from the per-step record of a run (each field of ``RunMetrics`` says how).
 """
 
 from __future__ import annotations
@@ -79,37 +27,70 @@ _SERIES_POINTS = 1500
 
 @dataclass(frozen=True, slots=True)
 class Convergence:
+    """How many decisions a policy took to settle after one step change in the trace (``change_points``).
+
+    The decisions after the step, up to the next one (or the end), are numbered 1, 2, …; an answer counts
+    only if at least one more decision follows it and, at some decision from then on, no stage misses the
+    SLO.
+    """
+
     time: float
     direction: str
     decisions: int | None
-    """None: the targets were still changing, or the backlog never got under target, before the next step."""
+    """After an upward step the last decision that *raised* any target (0 if none did), after a downward
+    step the last that changed any target. None: the targets were still changing, or the backlog never got
+    under target, before the next step."""
     settle: int | None = None
-    """The last decision that changed any target, up or down (see the module docstring); None as above."""
+    """The last decision that changed any target, up or down (also after an upward step, where
+    ``decisions`` counts raises only); None as above."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunMetrics:
+    """One policy's run of one scenario; ``dt`` is the simulation step."""
+
     scenario: str
     policy: str
     duration_seconds: float
     cost: float
+    """Dollars: every node is billed from its launch request until its removal (or the end of the run), at
+    its shape's price — pending, draining and warm-pool nodes included."""
     cost_per_hour: float
     slo_miss_seconds: float
+    """Seconds (steps × dt) in which some stage's queue, at the end of the step, was above what that stage
+    drains in ``config.targets.drain_seconds`` at the rate it processed work in that step:
+    ``queued_k > drain_seconds × processed_k / dt`` (and > 0). A stage with queued work and no capacity
+    misses; a stage starved by a slow upstream has no queue and does not."""
     p95_backlog_age_seconds: float
+    """The 95th percentile, over units of work entering the pipeline, of the time from entering the first
+    stage's queue to being processed by the last stage, FIFO at every stage. Exact for the fluid model: a
+    unit is its position in the cumulative input, and it leaves when the last stage's cumulative output
+    (converted back to input units by the selectivities) reaches that position. Work still queued at the
+    end counts with its age at the end (a lower bound). Processing itself takes no time in the fluid model,
+    so a pipeline that keeps up has ages near 0."""
     max_backlog_age_seconds: float
     gpu_utilization_while_queued: float | None
+    """GPU-seconds busy / GPU-seconds on usable nodes, over the steps in which more than
+    ``world.queued_threshold`` units waited at a GPU stage (work a GPU could take right now): high means GPU
+    work is not left waiting while GPUs sit idle. None when GPU work never waited, or no GPU was usable."""
     gpu_queued_seconds: float
     gpu_utilization_while_upstream_queued: float | None
+    """The same ratio over the steps in which more than the threshold was queued at a GPU stage *or upstream
+    of one* (work that will need a GPU later): low means GPUs were paid for while the work that needs them
+    sat behind a slower CPU stage. None as above."""
     gpu_upstream_queued_seconds: float
     scale_actions: int
+    """(decision, shape) pairs whose target differed from the current count (running plus pending)."""
     reversals: int
+    """Per shape, an action in the opposite direction to that shape's previous action; summed over shapes."""
     reversals_by_shape: Mapping[str, int]
     decisions: int
     decisions_to_converge: int | None
-    """Worst over upward steps; None if one did not converge or the trace has no upward step."""
+    """Worst ``Convergence.decisions`` over upward steps; None if one did not converge or the trace has no
+    upward step. Downward steps are reported apart: they wait out the scale-down window by design."""
     decisions_to_converge_down: int | None
     decisions_to_settle: int | None
-    """Worst over upward steps of ``Convergence.settle`` (the pre-issue-4 definition)."""
+    """Worst ``Convergence.settle`` over upward steps."""
     convergence: tuple[Convergence, ...]
     node_hours: Mapping[str, float]
     peak_nodes: int
