@@ -234,7 +234,10 @@ class Daemon:
         return notes
 
     async def run(self, *, max_ticks: int | None = None, install_signal_handlers: bool = True) -> None:
-        """Tick every ``interval_seconds`` until stopped (SIGTERM/SIGINT or :meth:`request_stop`)."""
+        """Tick every ``interval_seconds`` until stopped (SIGTERM/SIGINT or :meth:`request_stop`).
+
+        A stop lets the current tick finish and releases nothing: the floor stays in place, so that a restart
+        (or a crash) does not shrink the cluster."""
         if not self._started:
             await self.start()
         loop = asyncio.get_running_loop()

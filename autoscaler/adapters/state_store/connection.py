@@ -187,7 +187,7 @@ class Connection:
                     "Put the file on a local file system (not NFS or a read-only mount).",
                     path=p,
                 )
-            # FULL, not NORMAL: an intended record lost to a power cut guards nothing (docs/architecture.md).
+            # FULL, not NORMAL: an ``intended`` record must survive a power cut too, or it guards nothing.
             con.execute("PRAGMA synchronous = FULL")
             con.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
             if check_integrity:
