@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.core import selection as selection_module
 from autoscaler.core.packing import first_fit_decreasing
 from autoscaler.core.selection import (
+    Planner,
     Selection,
     SelectionProblem,
     StageRequirement,
@@ -20,6 +20,12 @@ from autoscaler.core.selection import (
     select_covering,
     select_shapes,
 )
+from autoscaler.core.selection import choose as choose_module
+from autoscaler.core.selection import covering as covering_module
+from autoscaler.core.selection import highs as highs_module
+from autoscaler.core.selection.prepared import prepare
+from autoscaler.core.selection.program import Program
+from autoscaler.core.selection.structure import StructureMemo, compute_structure
 from autoscaler.types import NodeShape
 
 INF = math.inf
@@ -634,7 +640,7 @@ def forbid_selecting(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*_args: object, **_kwargs: object) -> Selection:
         raise AssertionError("the proof should have answered without selecting")
 
-    monkeypatch.setattr(selection_module, "_select", fail)
+    monkeypatch.setattr(covering_module, "choose", fail)
 
 
 def test_covering_proved_short_by_resources_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -644,7 +650,7 @@ def test_covering_proved_short_by_resources_alone(monkeypatch: pytest.MonkeyPatc
         [StageRequirement("infer", 10.0, {"CPU": 1, "GPU": 1}, {"g2": 1.0})],
     )
     forbid_selecting(monkeypatch)
-    monkeypatch.setattr(selection_module, "_Program", None)  # not even the program is built
+    monkeypatch.setattr(covering_module, "Program", None)  # not even the program is built
     assert select_covering(p) is None
 
 
@@ -692,7 +698,7 @@ def test_covers_says_yes_without_the_integer_program(monkeypatch: pytest.MonkeyP
     def fail(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("covers() should not solve the integer program for a yes")
 
-    monkeypatch.setattr(selection_module, "_solve_exact", fail)
+    monkeypatch.setattr(choose_module, "solve_exact", fail)
     assert covers(p)
 
 
@@ -708,7 +714,7 @@ def test_infeasible_bounds_never_cover() -> None:
 
 @pytest.mark.parametrize("seed", range(0, 200, 10))
 def test_milp_fallback_matches_brute_force(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(selection_module, "_HIGHS", None)
+    monkeypatch.setattr(highs_module, "_HIGHS", None)
     p = random_small_problem(np.random.default_rng(seed))
     want_unmet, want_cost = brute_force(p)
     sel = select_shapes(p)
@@ -720,7 +726,7 @@ def test_milp_fallback_matches_brute_force(seed: int, monkeypatch: pytest.Monkey
 def test_milp_fallback_and_highs_binding_agree_on_a_large_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     p = benchmark_sized_problem()
     direct = select_shapes(p)
-    monkeypatch.setattr(selection_module, "_HIGHS", None)
+    monkeypatch.setattr(highs_module, "_HIGHS", None)
     assert select_shapes(p) == direct
 
 
@@ -735,8 +741,7 @@ def test_implied_rows_are_left_out_but_bind_through_the_summed_rows() -> None:
         StageRequirement("one", 20.0, {"CPU": 1}, {"n8": 1.0}),
         StageRequirement("two", 10.0, {"CPU": 2}, {"n8": 1.0}),
     ]
-    prep = selection_module._prepare(problem([shape], stages))
-    program = selection_module._Program(prep)
+    program = Program(prepare(problem([shape], stages)), compute_structure)
     per_node_rows = [
         r
         for r in range(program.rows.lower.size)
@@ -750,7 +755,19 @@ def test_implied_rows_are_left_out_but_bind_through_the_summed_rows() -> None:
 def test_shape_structure_matches_pairwise_conflicts() -> None:
     # On 4 CPUs a 3-CPU slot shares a node with nothing here; 2- and 1.5-CPU slots share with each other.
     kinds = ((("CPU", 3.0),), (("CPU", 2.0),), (("CPU", 1.5),), (("CPU", 3.0),))
-    found = selection_module._compute_structure({"CPU": 4.0}, kinds)
+    found = compute_structure({"CPU": 4.0}, kinds)
     assert found.exclusive == (True, False, False, True)
     assert set(found.cliques) == {(0, 1, 3), (0, 2, 3)}
-    assert selection_module._shape_structure({"CPU": 4.0}, kinds) == found
+    memo = StructureMemo()
+    assert memo({"CPU": 4.0}, kinds) == found
+    assert memo({"CPU": 4.0}, kinds) is memo({"CPU": 4.0}, kinds)
+
+
+def test_a_planner_kept_across_problems_answers_as_a_fresh_one() -> None:
+    # What a planner keeps between calls (the structure memo) makes no answer depend on the calls before.
+    kept = Planner()
+    for seed in range(12):
+        p = random_small_problem(np.random.default_rng(500 + seed))
+        assert kept.select_shapes(p) == Planner().select_shapes(p) == select_shapes(p)
+        assert kept.select_covering(p) == Planner().select_covering(p)
+        assert kept.covers(p) == Planner().covers(p) == covers(p)
