@@ -118,8 +118,8 @@ def main() -> None:
     state = DecisionState()
     counts = {s.name: N_NODES // N_SHAPES for s in cfg.shapes}
     # As the daemon does once it has started (imports, configuration, clients): move everything alive now
-    # out of the collector's reach. Otherwise every full collection walks the ~140,000 objects the imports
-    # leave (numpy, scipy, scikit-learn, pydantic) — 20–90 ms each, the tail of the latency distribution.
+    # out of the collector's reach. Otherwise every full collection walks the many objects the imports
+    # leave (numpy, scipy, scikit-learn, pydantic), and those collections make the tail of the latency.
     gc.collect()
     gc.freeze()
     samples = []
