@@ -1,15 +1,17 @@
 """Every PromQL expression of deploy/grafana/raytide.json answers with data from a real run.
 
-A local autoscaling Ray cluster (v1) runs the demo's bursty CPU→GPU Ray Data pipeline while ``raytide run``
-drives it with a warm pool of one standby GPU node (so there are claims, and misses when the burst needs
-more). A real Prometheus scrapes Ray's exporters (through Ray's service-discovery file) and raytide's
-``/metrics``, and loads the alert rules and the price rules ``deploy/prometheus/price_rules.py`` writes.
-Each dashboard query (Grafana's variables filled in as Grafana would) must return, over the run, at least
-one series with a number in it. The test ends as soon as all do.
+A local autoscaling Ray cluster (v1) runs a burst of the demo's CPU→GPU Ray Data pipeline while ``raytide
+run`` drives it with a warm pool of one standby GPU node; the burst starts once that node is ready, so it is
+claimed, and the GPU nodes the burst needs beyond it are misses. A real Prometheus scrapes Ray's exporters
+(through Ray's service-discovery file) and raytide's ``/metrics``, and loads the alert rules and the price
+rules that ``deploy/prometheus/price_rules.py`` writes. Each dashboard query (Grafana's variables filled in
+as Grafana would) must return, over the run, at least one series with a number in it. The test ends as soon
+as all do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -37,6 +39,8 @@ NODE_TYPES = (
 METRICS_REPORT_MS = "4000"
 """As in the demo: Ray Data's operator gauges vanish between the executor's updates when reported faster."""
 DEADLINE_S = 420.0
+STANDBY_S = 180.0
+"""raytide's start (imports on a busy machine), then the standby node's launch."""
 STEP_S = 5.0
 
 CONFIG = """
@@ -70,6 +74,18 @@ def cluster() -> Iterator[LocalAutoscalingCluster]:
         extra_env={"RAY_metrics_report_interval_ms": METRICS_REPORT_MS},
     ) as c:
         yield c
+
+
+def _wait_for_standby(raytide: RaytideRun, port: int) -> None:
+    ready = 'raytide_warm_pool_nodes{shape="gpu1",state="ready"} 1.0'
+    deadline = time.monotonic() + STANDBY_S
+    while time.monotonic() < deadline:
+        assert raytide.process.poll() is None, f"raytide exited\n{raytide.log_tail()}"
+        with contextlib.suppress(OSError):
+            if ready in http_get(f"http://127.0.0.1:{port}/metrics").decode():
+                return
+        time.sleep(0.5)
+    pytest.fail(f"no standby gpu1 node became ready\n{raytide.log_tail()}")
 
 
 def _has_data(series: list[dict[str, Any]]) -> bool:
@@ -124,6 +140,8 @@ def test_every_dashboard_query_returns_data(cluster: LocalAutoscalingCluster, tm
         prom.wait_ready()
         start = time.time()
         raytide = RaytideRun(config, cluster.address, tmp_path / "raytide.log")
+        # The pipeline starts once a standby node is ready, so its first wait is served by a claim.
+        _wait_for_standby(raytide, port)
         env = dict(os.environ, RAY_metrics_report_interval_ms=METRICS_REPORT_MS, PYTHONUNBUFFERED="1")
         env.pop("RAY_ADDRESS", None)
         with (tmp_path / "pipeline.log").open("wb") as out:
@@ -135,9 +153,7 @@ def test_every_dashboard_query_returns_data(cluster: LocalAutoscalingCluster, tm
                     "--address",
                     cluster.address,
                     "--bursts",
-                    "30,30",
-                    "--gap",
-                    "10",
+                    "30",
                     "--max-actors",
                     "3",
                 ],
