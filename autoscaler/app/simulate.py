@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,9 +19,13 @@ from rich.table import Table
 from autoscaler.app.plugins import PolicyLoadError, installed_policies, load_policy
 from autoscaler.core.config import ConfigError
 from autoscaler.core.durations import parse_duration
-from autoscaler.core.policy_api import Policy
-from autoscaler.sim.results import RunResult, run_policy
-from autoscaler.sim.scenario import SimScenario, resolve_scenarios
+
+if TYPE_CHECKING:
+    # The CLI registers this command at start-up: the simulator (numpy, the decision stack) is imported
+    # when a simulation runs, not for every command's --help.
+    from autoscaler.core.policy_api import Policy
+    from autoscaler.sim.results import RunResult
+    from autoscaler.sim.scenario import SimScenario
 
 __all__ = ["EXIT_USAGE", "load_policies", "results_json", "simulate"]
 
@@ -150,6 +154,9 @@ def simulate(
         raise typer.BadParameter(str(e)) from None
     if override is not None and override <= 0:
         raise typer.BadParameter("the duration must be > 0")
+    from autoscaler.sim.results import run_policy
+    from autoscaler.sim.scenario import resolve_scenarios
+
     try:
         loaded = resolve_scenarios(scenarios)
         if override is not None:
