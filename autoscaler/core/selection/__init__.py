@@ -8,14 +8,13 @@ selection.
 """
 
 from autoscaler.core.selection.planner import Planner, covers, select_covering, select_shapes
-from autoscaler.core.selection.problem import Selection, SelectionProblem, StageRequirement, Status
+from autoscaler.core.selection.problem import Selection, SelectionProblem, StageRequirement
 
 __all__ = [
     "Planner",
     "Selection",
     "SelectionProblem",
     "StageRequirement",
-    "Status",
     "covers",
     "select_covering",
     "select_shapes",

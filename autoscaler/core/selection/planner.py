@@ -16,7 +16,7 @@ from autoscaler.core.selection.structure import StructureMemo
 class Planner:
     """Cheapest node-shape mixes for stage rates. Every planner gives the same answers; one kept across
     decisions gives them sooner, as it keeps which slots cannot share a node on each shape (a memo of a
-    pure function, see :class:`StructureMemo`). Not for concurrent use from several threads."""
+    pure function, see :class:`StructureMemo`)."""
 
     __slots__ = ("_structures",)
 
@@ -47,8 +47,9 @@ class Planner:
 
 
 # The planner behind the module functions, which is how decisions call the planner today: they hold no
-# planner of their own yet. Sharing it is safe because what it keeps never changes an answer; a caller
-# that holds its own Planner (one per daemon or simulation) needs none of this.
+# planner of their own yet. Sharing it (across decisions, simulations, threads) is safe because what it
+# keeps never changes an answer; a caller holding its own Planner (one per daemon or simulation) needs
+# none of this.
 _SHARED = Planner()
 
 
