@@ -20,6 +20,8 @@ __all__ = ["DemoRecorder", "TargetChange", "TickRecord"]
 
 @dataclass(slots=True)
 class TickRecord:
+    """One tick as the demo saw it: per stage and per shape, ``t`` seconds after the demo started."""
+
     t: float
     tick: int
     backlog: dict[str, float | None]
