@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from autoscaler.core.config import Config
-from autoscaler.core.throughput import ThroughputModels
 from autoscaler.types import Snapshot, StageDemand
+
+if TYPE_CHECKING:  # annotations only: loading a plugin must not load the models' scikit-learn
+    from autoscaler.core.config import Config
+    from autoscaler.core.throughput import ThroughputModels
 
 ENTRY_POINT_GROUP = "raytide.policies"
 

@@ -17,14 +17,6 @@ from autoscaler.core.config import EXAMPLE_CONFIG
 
 HEAVY = ("sklearn", "scipy", "ray", "matplotlib")
 
-# Two imports outside the CLI still pull scikit-learn into every command: autoscaler/app/simulate.py imports
-# the simulator at module level (the CLI registers its command at start-up), and autoscaler/core/policy_api.py
-# imports ThroughputModels (and Config) at run time for annotations only. Strict: once both import lazily,
-# these tests pass and the marker must go.
-PENDING = pytest.mark.xfail(
-    strict=True, reason="app/simulate.py and core/policy_api.py still import scikit-learn at module level"
-)
-
 # Runs the app as the console script does, then reports how it exited and which heavy packages it imported.
 PROBE = f"""
 import json, sys
@@ -59,7 +51,6 @@ def test_every_command_is_probed() -> None:
     assert {"check-config", "run", "policies", "recommend", "simulate", "demo"} <= set(_commands())
 
 
-@PENDING
 @pytest.mark.parametrize("args", [[], ["--help"]], ids=["no-args", "--help"])
 def test_top_level_help_imports_nothing_heavy(args: list[str]) -> None:
     code, heavy, out = _run(*args)
@@ -68,7 +59,6 @@ def test_top_level_help_imports_nothing_heavy(args: list[str]) -> None:
     assert heavy == [], out
 
 
-@PENDING
 @pytest.mark.parametrize("command", _commands())
 def test_command_help_imports_nothing_heavy(command: str) -> None:
     code, heavy, out = _run(command, "--help")
@@ -77,7 +67,6 @@ def test_command_help_imports_nothing_heavy(command: str) -> None:
     assert heavy == []
 
 
-@PENDING
 def test_policies_imports_nothing_heavy() -> None:
     code, heavy, out = _run("policies")
     assert code == 0, out
@@ -85,7 +74,6 @@ def test_policies_imports_nothing_heavy() -> None:
     assert heavy == []
 
 
-@PENDING
 def test_check_config_with_a_builtin_policy_imports_nothing_heavy(tmp_path: Path) -> None:
     config = tmp_path / "raytide.yaml"
     config.write_text(EXAMPLE_CONFIG, encoding="utf-8")
