@@ -30,7 +30,7 @@ sys.path[:] = [p for p in sys.path if not (p and Path(p).resolve() == _HERE)]
 
 from autoscaler.app.plugins import installed_policies, load_policy  # noqa: E402
 from autoscaler.sim.results import run_policy  # noqa: E402
-from autoscaler.sim.scenario import Scenario, load_scenario, resolve_scenarios  # noqa: E402
+from autoscaler.sim.scenario import SimScenario, load_scenario, resolve_scenarios  # noqa: E402
 
 BUILTIN_POLICIES = ("throughput", "utilization", "backlog", "ray-default")
 
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None, help="override every duration (seconds)")
     args = ap.parse_args()
 
-    loaded: list[tuple[Path, Scenario]] = resolve_scenarios(args.scenarios or None)
+    loaded: list[tuple[Path, SimScenario]] = resolve_scenarios(args.scenarios or None)
     policies = args.policy or [p for p in BUILTIN_POLICIES if p in installed_policies()]
     jobs = [(str(p), pol) for p, _ in loaded for pol in policies]
     print(f"{len(jobs)} runs: {len(loaded)} scenario(s) × {len(policies)} policies", file=sys.stderr)

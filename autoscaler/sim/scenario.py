@@ -465,7 +465,3 @@ def resolve_scenarios(refs: list[str] | None) -> list[tuple[Path, SimScenario]]:
                 p = named
         out.append((p, load_scenario(p)))
     return out
-
-
-Scenario = SimScenario
-"""The old name, kept only while ``bench/policies.py`` imports it; use :class:`SimScenario`."""
