@@ -34,8 +34,8 @@ system-deps:
 	fi
 
 lint: install
-	$(BIN)/ruff check autoscaler policies tests bench
-	$(BIN)/ruff format --check autoscaler policies tests bench
+	$(BIN)/ruff check autoscaler policies tests bench deploy
+	$(BIN)/ruff format --check autoscaler policies tests bench deploy
 	$(BIN)/lint-imports
 
 typecheck: install
