@@ -65,7 +65,12 @@ class PendingLaunch:
 
 
 NODE_TYPE_RESOURCE_PREFIX = "raytide-node-type:"
-"""Prefix of the custom resource that marks a node type's nodes; raytide's placeholders ask for it."""
+"""Prefix of the per-type marker resource: a node of type ``T`` has ``{"raytide-node-type:T": 1}``;
+raytide's floors and placeholders ask for it.
+
+Ray accepts any custom resource name except ``node:__internal_head__``; ``:`` is what Ray's own
+``accelerator_type:A100`` uses. Names containing ``_group_`` or starting with ``node:`` are avoided because
+Ray parses those as placement-group and node-IP resources."""
 
 
 def node_type_resource(node_type: str) -> str:

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from autoscaler.ports import NODE_TYPE_RESOURCE_PREFIX as NODE_TYPE_RESOURCE_PREFIX  # re-exported
 from autoscaler.ports import (
     AutoscalerVersion,
     ClusterState,
@@ -27,18 +28,12 @@ from autoscaler.ports import (
     RayNode,
     frozen_labels,
 )
+from autoscaler.ports import node_type_resource as node_type_resource  # re-exported
 from autoscaler.types import frozen_map
 
 NODE_TYPE_LABEL = "raytide.io/node-type"
 """Node label whose value is the Ray node type name. Put it in each node type's ``labels`` (KubeRay sets
 ``ray.io/node-group`` itself; raytide can be pointed at that key instead)."""
-
-NODE_TYPE_RESOURCE_PREFIX = "raytide-node-type:"
-"""Prefix of the per-type marker resource: a node of type ``T`` has ``{"raytide-node-type:T": 1}``.
-
-Ray accepts any custom resource name except ``node:__internal_head__``; ``:`` is what Ray's own
-``accelerator_type:A100`` uses. Names containing ``_group_`` or starting with ``node:`` are avoided because
-Ray parses those as placement-group and node-IP resources."""
 
 HEAD_NODE_TYPE = "ray.head.default"
 UNKNOWN_NODE_TYPE = "unknown"
@@ -48,11 +43,6 @@ DEFAULT_TIMEOUT_S = 10.0
 
 _V1_STATUS_KEY = b"__autoscaling_status"  # ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS
 _V1_FLOOR_KEY = b"autoscaler_resource_request"  # ray_constants.AUTOSCALER_RESOURCE_REQUEST_CHANNEL
-
-
-def node_type_resource(node_type: str) -> str:
-    """The custom resource that marks nodes of ``node_type`` (one unit per node)."""
-    return f"{NODE_TYPE_RESOURCE_PREFIX}{node_type}"
 
 
 class ClusterStateError(RuntimeError):
