@@ -1,7 +1,7 @@
 """The daemon and a real Ray Data job on one real local autoscaling cluster (v1 and v2): cooperation through
 Ray Data's ``AutoscalingCoordinator`` while the daemon ticks.
 
-The job (``autoscaler.demo.live.pipeline --no-infer``: a CPU ``decode`` map over many blocks) runs as its own
+The job (``autoscaler.demo.pipeline --no-infer``: a CPU ``decode`` map over many blocks) runs as its own
 driver; Ray Data's cluster autoscaler registers with the coordinator and asks for CPUs as it goes. The
 daemon's metrics are a fake reporting a backlog on a GPU stage, so it wants two gpu1 nodes, and it
 registers that floor with the same coordinator. Checked: raytide's floor goes through the coordinator,
@@ -107,7 +107,7 @@ async def test_ray_datas_requests_and_raytides_floor_coexist_while_the_daemon_ti
             *[
                 sys.executable,
                 "-m",
-                "autoscaler.demo.live.pipeline",
+                "autoscaler.demo.pipeline",
                 "--address",
                 address,
                 "--bursts",
