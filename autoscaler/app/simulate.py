@@ -16,10 +16,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autoscaler.app.plugins import PolicyLoadError, installed_policies, load_policy
-from autoscaler.core.config import ConfigError
-from autoscaler.core.durations import parse_duration
-
 if TYPE_CHECKING:
     # The CLI registers this command at start-up: the simulator (numpy, the decision stack) is imported
     # when a simulation runs, not for every command's --help.
@@ -37,6 +33,8 @@ _err = Console(stderr=True)
 def load_policies(names: list[str] | None, *, warn: Console | None = None) -> list[tuple[str, Policy]]:
     """(reference, policy) for the named policies, or for every installed one that loads (the others are
     reported on ``warn``). Raises PolicyLoadError for a named policy that cannot be loaded."""
+    from autoscaler.app.plugins import PolicyLoadError, installed_policies, load_policy
+
     if names:
         return [(n, load_policy(n)) for n in dict.fromkeys(names)]
     out = []
@@ -142,6 +140,10 @@ def simulate(
 ) -> None:
     """Simulate a Ray cluster running a pipeline under each policy, and compare cost, SLO misses, backlog
     age, GPU use, churn and convergence. Every decision goes through the daemon's own decide()."""
+    from autoscaler.app.plugins import PolicyLoadError, load_policy
+    from autoscaler.core.config import ConfigError
+    from autoscaler.core.durations import parse_duration
+
     if hours is not None and duration is not None:
         raise typer.BadParameter("give --hours or --duration, not both")
     override: float | None = None
