@@ -4,6 +4,9 @@ Order matters and is fixed: (1) no scale-down while any input is unknown; (2) sc
 highest count asked for during the stabilization window, and only once the window has been watched in
 full; (3) at most ``max_step_up``/``max_step_down`` nodes per shape per tick; (4) hard bounds last —
 per-shape min/max, total nodes and the budget — so nothing earlier can push a plan over a bound.
+
+The step limits hold per step window (one tick interval), not per tick: :func:`limit_steps_in_window` holds
+an extra tick of the same window (a nudge) to what the window's first tick left of them.
 """
 
 from __future__ import annotations
@@ -166,3 +169,73 @@ def _enforce_bounds(
                 out[s.name] -= 1
                 if why not in reasons[s.name]:
                     reasons[s.name].append(why)
+
+
+@dataclass(frozen=True, slots=True)
+class StepWindow:
+    """The node counts (running + launching) the ticks of one step window saw: per shape the lowest and the
+    highest. Empty for a window no tick has seen yet."""
+
+    low: tuple[tuple[str, int], ...] = ()
+    high: tuple[tuple[str, int], ...] = ()
+
+    def seen(self, current: Mapping[str, int]) -> StepWindow:
+        """This window once a tick has seen ``current``."""
+        low, high = dict(self.low), dict(self.high)
+        for name, n in current.items():
+            count = max(0, int(n))
+            low[name] = min(low.get(name, count), count)
+            high[name] = max(high.get(name, count), count)
+        return StepWindow(low=tuple(sorted(low.items())), high=tuple(sorted(high.items())))
+
+
+def limit_steps_in_window(
+    *,
+    shapes: tuple[NodeShape, ...],
+    current: Mapping[str, int],
+    targets: Mapping[str, int],
+    window: StepWindow,
+    limits: GuardLimits,
+    window_seconds: float,
+) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """``targets`` (already guarded for this tick) held to the step limits of the whole window: at most
+    ``max_step_up`` above the lowest count the window saw and ``max_step_down`` below the highest.
+
+    ``window`` must include this tick's ``current``. On a window's first tick it changes nothing. It only
+    ever shrinks a step — never turns a rise into a cut or a cut into a rise — and gives way to the hard
+    bounds as :func:`apply_guardrails` does: never below a shape's minimum (when the target was not), never
+    over a maximum, ``max_nodes`` or the budget.
+    """
+    low, high = dict(window.low), dict(window.high)
+    out = {s.name: int(targets.get(s.name, current.get(s.name, 0))) for s in shapes}
+    reasons: dict[str, list[str]] = {s.name: [] for s in shapes}
+    per = f"per {window_seconds:g} s (ticks a nudge adds share it)"
+    for s in shapes:
+        n, cur, want = s.name, max(0, int(current.get(s.name, 0))), out[s.name]
+        if want > cur:
+            cap = max(cur, low.get(n, cur) + limits.max_step_up, min(want, s.min_count))
+            if want > cap:
+                out[n] = cap
+                reasons[n].append(f"step limited to +{limits.max_step_up} {per}")
+        elif want < cur:
+            keep = min(cur, high.get(n, cur) - limits.max_step_down, max(want, s.max_count))
+            if want < keep:
+                out[n] = keep
+                reasons[n].append(f"step limited to -{limits.max_step_down} {per}")
+    # A cut kept smaller can put the plan back over max_nodes or the budget, which the cut may have been
+    # for: give back the kept nodes, most expensive first, until it is within them again.
+    budget = limits.budget_per_hour
+
+    def violated() -> bool:
+        total = sum(out.values())
+        cost = sum(s.price_per_hour * out[s.name] for s in shapes)
+        return total > limits.max_nodes or (math.isfinite(budget) and cost > budget + 1e-9)
+
+    for s in sorted(shapes, key=lambda s: (-s.price_per_hour, s.name)):
+        floor = int(targets.get(s.name, out[s.name]))
+        while out[s.name] > floor and violated():
+            out[s.name] -= 1
+    for s in shapes:
+        if out[s.name] == int(targets.get(s.name, out[s.name])):
+            reasons[s.name] = []
+    return out, reasons

@@ -44,12 +44,19 @@ class DryRunActuator:
 
 
 def choose_drains(
-    plan: Plan, cluster: ClusterState, *, share: float, exclude: Iterable[str] = ()
+    plan: Plan,
+    cluster: ClusterState,
+    *,
+    share: float,
+    exclude: Iterable[str] = (),
+    already: Mapping[str, int] | None = None,
 ) -> list[RayNode]:
     """The idle nodes to drain for ``plan``: per shape whose target is below its live, not-draining nodes,
-    at most ``max(1, floor(share × live nodes))`` of them, only nodes the GCS reports idle, longest idle
-    first. Never a busy node, the head, or one already being drained."""
+    at most ``max(1, floor(share × live nodes))`` of them — less the ``already`` drained in the same step
+    window — only nodes the GCS reports idle, longest idle first. Never a busy node, the head, or one
+    already being drained."""
     excluded = set(exclude)
+    done = already or {}
     chosen: list[RayNode] = []
     for change in plan.changes:
         if change.target >= change.current:
@@ -59,7 +66,9 @@ def choose_drains(
         excess = len(active) - change.target
         if excess <= 0:
             continue
-        cap = max(1, math.floor(share * len(live)))
+        cap = max(1, math.floor(share * len(live))) - done.get(change.shape, 0)
+        if cap <= 0:
+            continue
         idle = [n for n in active if n.status == "IDLE" and n.idle_seconds is not None and not n.is_head]
         idle.sort(key=lambda n: (-(n.idle_seconds or 0.0), n.node_id))
         chosen.extend(idle[: min(excess, cap)])

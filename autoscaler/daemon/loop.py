@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from autoscaler.core.config import Config
-from autoscaler.core.decide import Decision, DecisionState, decide
+from autoscaler.core.decide import Decision, DecisionState, decide, limits_from
 from autoscaler.core.floor_watch import watch_floor
 from autoscaler.core.policy_api import Policy, PolicyContext, PolicyDecision
 from autoscaler.core.throughput import ThroughputModels
@@ -27,6 +27,7 @@ from autoscaler.core.warm_pool import PoolMemory, PoolPlan, Standby
 from autoscaler.daemon.acting import Acting, DryRunActuator, choose_drains
 from autoscaler.daemon.actions import ActionLedger
 from autoscaler.daemon.observation import Observer
+from autoscaler.daemon.pacing import Pacing, pace
 from autoscaler.daemon.pool_controller import PoolController
 from autoscaler.daemon.publish import NoTelemetry, Publisher, TickOutcome
 from autoscaler.daemon.reconcile import reconcile
@@ -96,6 +97,8 @@ class _Intent:
     floor: dict[str, int] | None
     drains: list[RayNode]
     pool: PoolPlan | None
+    paced_drains: frozenset[str] = frozenset()
+    """The drains the plan asked for (not the warm pool's): they use the step window's drain share."""
 
 
 class Daemon:
@@ -167,6 +170,11 @@ class Daemon:
         self._started = False
         self._stop = asyncio.Event()
         self._tick_now = asyncio.Event()
+        self._pacing = Pacing(
+            interval_s=self.interval_seconds,
+            nudge_gap_s=min(self.interval_seconds, _MIN_NUDGE_GAP_S),
+            monotonic=monotonic,
+        )
         self._floor_since: dict[str, float] = {}
         """Shape → since when it has had fewer nodes than the floor and none launching (floor_watch)."""
         self.last: TickOutcome | None = None
@@ -190,12 +198,16 @@ class Daemon:
         """Finish the current tick (if any) and return from :meth:`run`."""
         self._stop.set()
 
-    def nudge(self) -> None:
+    def nudge(self) -> bool:
         """A push from the data path (``POST /nudge``): check for waiting work and tick now, not at the next
-        interval. Call on the daemon's event loop."""
+        interval. False (nothing done) when it comes within ``_MIN_NUDGE_GAP_S`` of the last one accepted;
+        the tick it adds shares the interval's step limits and drain share. Call on the event loop."""
+        if not self._pacing.nudge():
+            return False
         if self._pool is not None:
             self._pool.nudged()
         self._tick_now.set()
+        return True
 
     async def start(self) -> list[str]:
         """Load the stored state and reconcile unfinished actions; returns what reconciliation did."""
@@ -263,7 +275,8 @@ class Daemon:
                 done += 1
                 if max_ticks is not None and done >= max_ticks:
                     break
-                await self._sleep_until_tick(started)
+                if await self._sleep_until_tick(started):
+                    self._pacing.timer_fired()
         finally:
             if claimer is not None:
                 claimer.cancel()
@@ -286,20 +299,22 @@ class Daemon:
             stop=self._stop, tick_now=self._tick_now, idle_wait_s=self.interval_seconds
         )
 
-    async def _sleep_until_tick(self, started: float) -> None:
+    async def _sleep_until_tick(self, started: float) -> bool:
         """Sleep until the next interval, or until stopped or nudged — but a nudged tick starts no sooner
-        than ``_MIN_NUDGE_GAP_S`` after the previous one (the GCS needs a moment to show what changed)."""
+        than ``_MIN_NUDGE_GAP_S`` after the previous one (the GCS needs a moment to show what changed).
+        True when the interval's timer, not a nudge, ended the sleep."""
         wait = max(0.0, self.interval_seconds - (self._monotonic() - started))
         stop = asyncio.ensure_future(self._stop.wait())
         early = asyncio.ensure_future(self._tick_now.wait())
         try:
-            await asyncio.wait({stop, early}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({stop, early}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for f in (stop, early):
                 f.cancel()
         gap = min(self.interval_seconds, _MIN_NUDGE_GAP_S) - (self._monotonic() - started)
         if gap > 0 and not self._stop.is_set():
             await asyncio.sleep(gap)
+        return early not in done
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("%s: finishing the current tick, then exiting (the floor stays in place)", sig.name)
@@ -310,6 +325,7 @@ class Daemon:
     async def tick(self) -> TickOutcome:
         """One observe → decide → guard → act → publish round. Never raises for cluster or metrics trouble."""
         t0 = self._monotonic()
+        self._pacing.begin_tick()
         mem = self._mem
         now = self._clock()
         seen = await self._observer.observe(now)
@@ -334,8 +350,11 @@ class Daemon:
         policy_s = self._timed_policy.last_seconds
         tick = mem.tick + 1
 
+        # Extra ticks (nudges) share the interval's step limits.
+        window = self._pacing.see({c.shape: c.current for c in decision.plan.changes})
+        plan = pace(decision.plan, snapshot.shapes, window, limits_from(self.config), self._pacing.interval_s)
+
         # Guard: act only on a plan made from a complete view of the cluster.
-        plan = decision.plan
         if plan.held or cluster is None or snapshot.errors:
             intent = _Intent(floor=None if mem.floor is None else dict(mem.floor), drains=[], pool=None)
             if not plan.held:
@@ -393,15 +412,20 @@ class Daemon:
         # Standby and retiring nodes are not the plan's: counting them would drain an active node.
         draining = self._ledger.draining()
         drains = choose_drains(
-            plan, cluster, share=self.config.daemon.drain_share_per_tick, exclude=draining | hidden
+            plan,
+            cluster,
+            share=self.config.daemon.drain_share_per_tick,
+            exclude=draining | hidden,
+            already=self._pacing.drained,
         )
+        paced = frozenset(n.node_id for n in drains)
         if self._pool is not None:
             drains.extend(
                 self._pool.retired_to_drain(
                     cluster, now, exclude={n.node_id for n in drains}, draining=draining
                 )
             )
-        return _Intent(floor=floor, drains=drains, pool=pool_plan)
+        return _Intent(floor=floor, drains=drains, pool=pool_plan, paced_drains=paced)
 
     @staticmethod
     def _write_ahead_records(intent: _Intent, floor_key: str, now: float) -> list[Action]:
@@ -450,6 +474,8 @@ class Daemon:
                 await self._ledger.move(key, "abandoned", "the floor could not be lowered first")
                 continue
             answer = await self._acting.drain(key, node.node_id, errors)
+            if answer != "refused" and node.node_id in intent.paced_drains:
+                self._pacing.record_drain(node.node_type)
             if answer == "accepted":
                 drained.append(node.node_id)
                 if self._pool is not None:

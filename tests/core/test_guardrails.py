@@ -5,7 +5,13 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.core.guardrails import GuardLimits, GuardState, apply_guardrails
+from autoscaler.core.guardrails import (
+    GuardLimits,
+    GuardState,
+    StepWindow,
+    apply_guardrails,
+    limit_steps_in_window,
+)
 from autoscaler.types import NodeShape, frozen_map
 
 SHAPES = (
@@ -149,3 +155,94 @@ def test_budget_takes_back_additions_before_running_nodes() -> None:
     )
     out, _, _ = run({"cpu": 5, "gpu": 2}, {"cpu": 1, "gpu": 2}, known=False, limits=limits)
     assert out == {"cpu": 2, "gpu": 2}
+
+
+# ------------------------------------------------------------------------------ the step window (nudges)
+
+
+def in_window(
+    targets: dict[str, int], current: dict[str, int], *seen: dict[str, int], limits: GuardLimits = LIMITS
+) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """``targets`` held to a window whose earlier ticks saw ``seen`` (this tick sees ``current``)."""
+    window = StepWindow()
+    for counts in (*seen, current):
+        window = window.seen(counts)
+    return limit_steps_in_window(
+        shapes=SHAPES, current=current, targets=targets, window=window, limits=limits, window_seconds=5.0
+    )
+
+
+def test_a_windows_first_tick_keeps_the_per_tick_steps() -> None:
+    assert in_window({"cpu": 6, "gpu": 0}, {"cpu": 1, "gpu": 2}) == (
+        {"cpu": 6, "gpu": 0},
+        {"cpu": [], "gpu": []},
+    )
+
+
+def test_an_extra_tick_in_the_window_shares_its_step_up() -> None:
+    # The first tick took cpu from 1 to 6 (+5, the whole step); the nodes show up at once. A nudged tick in
+    # the same window may not add another 5: it keeps what the window allows.
+    out, reasons = in_window({"cpu": 10, "gpu": 0}, {"cpu": 6, "gpu": 0}, {"cpu": 1, "gpu": 0})
+    assert out == {"cpu": 6, "gpu": 0}
+    assert reasons["cpu"] == ["step limited to +5 per 5 s (ticks a nudge adds share it)"]
+    # Part of the step left: the rest of it is allowed.
+    out, _ = in_window({"cpu": 10, "gpu": 0}, {"cpu": 3, "gpu": 0}, {"cpu": 1, "gpu": 0})
+    assert out["cpu"] == 6
+
+
+def test_an_extra_tick_in_the_window_shares_its_step_down() -> None:
+    out, reasons = in_window({"cpu": 1, "gpu": 0}, {"cpu": 6, "gpu": 0}, {"cpu": 8, "gpu": 0})
+    assert out == {"cpu": 6, "gpu": 0}
+    assert reasons["cpu"] == ["step limited to -2 per 5 s (ticks a nudge adds share it)"]
+
+
+def test_the_window_never_turns_a_step_around_nor_breaks_a_minimum() -> None:
+    # More nodes than the window's budget already: a rise becomes a keep, never a cut.
+    out, _ = in_window({"cpu": 9, "gpu": 0}, {"cpu": 8, "gpu": 0}, {"cpu": 1, "gpu": 0})
+    assert out["cpu"] == 8
+    # Below the shape's minimum (1 cpu): raised to it whatever the window says.
+    limits = GuardLimits(
+        max_nodes=12, budget_per_hour=30.0, max_step_up=1, max_step_down=2, scale_down_window_seconds=0
+    )
+    out, _ = in_window({"cpu": 1, "gpu": 0}, {"cpu": 0, "gpu": 0}, {"cpu": 0, "gpu": 0}, limits=limits)
+    assert out["cpu"] == 1
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    current=counts,
+    targets=counts,
+    seen=st.lists(counts, max_size=3),
+    max_nodes=st.integers(1, 30),
+    budget=st.one_of(st.just(math.inf), st.floats(1.0, 100.0)),
+    up=st.integers(1, 4),
+    down=st.integers(1, 3),
+)
+def test_the_window_only_shrinks_steps_and_keeps_the_bounds(
+    current: dict[str, int],
+    targets: dict[str, int],
+    seen: list[dict[str, int]],
+    max_nodes: int,
+    budget: float,
+    up: int,
+    down: int,
+) -> None:
+    limits = GuardLimits(
+        max_nodes=max_nodes,
+        budget_per_hour=budget,
+        max_step_up=up,
+        max_step_down=down,
+        scale_down_window_seconds=0,
+    )
+    # What the per-tick guard hands over: a target within every bound.
+    guarded = run(targets, current, state=GuardState(watching_since=0.0), limits=limits)[0]
+    cur = {s.name: max(0, current.get(s.name, 0)) for s in SHAPES}
+    out, _ = in_window(guarded, cur, *seen, limits=limits)
+    for s in SHAPES:
+        n = s.name
+        assert min(cur[n], guarded[n]) <= out[n] <= max(cur[n], guarded[n])  # only ever a smaller step
+        assert s.min_count <= out[n] <= s.max_count
+    assert sum(out.values()) <= max_nodes
+    assert sum(out[s.name] * s.price_per_hour for s in SHAPES) <= budget + 1e-9
+    if not seen:
+        assert out == guarded
