@@ -140,6 +140,7 @@ class Wiring:
                     host=cfg.daemon.http_host,
                     port=cfg.daemon.http_port,
                     on_nudge=lambda: nudge_to[0].nudge() if nudge_to else None,
+                    token_file=cfg.daemon.http_token_file,
                 )
                 await endpoint.start()
                 stack.push_async_callback(endpoint.aclose)

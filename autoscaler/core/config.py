@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections import Counter
@@ -202,6 +203,20 @@ class PolicyConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine: ``localhost`` or a loopback address. Any other
+    name, and the wildcard addresses (``0.0.0.0``, ``::``, empty), reach beyond it."""
+    name = host.strip().rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 class DaemonConfig(_Strict):
     """How ``raytide run`` runs: the tick, its own endpoint, its state file, its logs."""
 
@@ -214,6 +229,9 @@ class DaemonConfig(_Strict):
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(default=9464, ge=0, le=65535)
     """Port of ``/metrics``, ``/healthz`` and ``/readyz``; null turns the endpoint off, 0 picks a free one."""
+    http_token_file: Path | None = None
+    """A file holding the bearer token ``POST /nudge`` needs (``Authorization: Bearer <token>``), read at
+    start. Without one, ``/nudge`` is open on a loopback ``http_host`` and refused (403) beyond it."""
     state_path: Path | None = None
     """The SQLite state file; default ``$XDG_STATE_HOME/raytide/state.db`` (``~/.local/state/...``)."""
     log_format: Literal["text", "json"] = "text"
@@ -225,6 +243,20 @@ class DaemonConfig(_Strict):
     floor_grace_seconds: float = Field(default=60.0, gt=0, le=_DAY)
     """A shape with fewer nodes than its floor and none launching this long makes the daemon degraded (Ray
     does not say when its autoscaler ignores a floor; see ``autoscaler/core/floor_watch.py``)."""
+
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant, one line each (``check-config`` prints them)."""
+        out: list[str] = []
+        if self.http_port is None:
+            if self.http_token_file is not None:
+                out.append("daemon.http_token_file is set but the endpoint is off (http_port: null)")
+        elif not is_loopback_host(self.http_host) and self.http_token_file is None:
+            out.append(
+                f"daemon.http_host {self.http_host!r} is not a loopback address and daemon.http_token_file "
+                "is not set: POST /nudge will be refused (403); /metrics, /healthz and /readyz are served "
+                "to whoever reaches the port"
+            )
+        return out
 
 
 class RayConfig(_Strict):
@@ -354,6 +386,10 @@ class Config(_Strict):
 
     def node_shapes(self) -> tuple[NodeShape, ...]:
         return tuple(s.to_shape() for s in self.shapes)
+
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant, one line each (``check-config`` prints them)."""
+        return self.daemon.warnings()
 
     _by_name: tuple[list[StageConfig], dict[str, StageConfig]] | None = PrivateAttr(default=None)
 
