@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from autoscaler.core.queries import QueryResult
 from autoscaler.core.warm_pool import Standby
@@ -198,6 +198,26 @@ class StoredState:
     """Actions intended or sent and not finished, oldest first (the same as ``pending_actions()``)."""
 
 
+class StateError(RuntimeError):
+    """The daemon's stored state cannot be used (unreadable, damaged, or written by a newer raytide); the
+    message says what and what to do. ``StateStoreError`` is one."""
+
+
+PreviousRun = Literal["none", "clean", "unclean", "log_lost"]
+"""How the journal's previous run ended: ``none`` (no run recorded), ``clean`` (closed), ``unclean`` (killed
+or crashed; everything it committed was found) or ``log_lost`` (killed or crashed, and what it committed
+after its last checkpoint is gone: the journal is older than what that run did)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalOpening:
+    """What a journal found of its previous run when a daemon began one (:meth:`JournalHistory.begin_run`)."""
+
+    previous: PreviousRun
+    detail: str = ""
+    """One line for the log: which run, since when, what is lost (empty for ``none`` and ``clean``)."""
+
+
 HealthState = Literal["starting", "ok", "degraded", "stopping"]
 
 
@@ -297,6 +317,23 @@ class StateJournal(Protocol):
 
     def pending_actions(self) -> tuple[Action, ...]:
         """Actions intended or sent and never finished, oldest first."""
+
+
+@runtime_checkable
+class JournalHistory(Protocol):
+    """What a journal can tell of its own past, beyond :class:`StateJournal` (``StateStore`` can): read at
+    start-up to notice a journal that is older than the cluster. Optional: a daemon whose journal lacks it
+    compares nothing. Blocking; raises when the journal cannot be read."""
+
+    def begin_run(self) -> JournalOpening:
+        """Record that a daemon runs on this journal from now on (until it is closed); returns how the
+        previous run ended."""
+
+    def recorded_floors(self) -> tuple[Mapping[str, int], ...]:
+        """Every distinct floor (shape → nodes) the journal still has a ``floor`` action for."""
+
+    def action(self, key: str) -> Action | None:
+        """The action recorded under ``key`` (pending or finished), None when there is none."""
 
 
 class TelemetrySink(Protocol):

@@ -40,6 +40,7 @@ from tests.support.state_store_writer import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+LATEST = connection.MIGRATIONS[-1].version
 
 
 def commit(
@@ -82,7 +83,7 @@ def test_a_new_store_is_empty_migrated_and_in_wal_mode(db: Path) -> None:
 def test_an_empty_file_is_migrated(db: Path) -> None:
     db.write_bytes(b"")
     with StateStore(db) as store:
-        assert store.schema_version() == 1
+        assert store.schema_version() == LATEST
         commit(store, 1)
         assert store.load() is not None
 
@@ -111,15 +112,16 @@ def test_forward_migrations_are_applied_once_and_keep_the_data(
 ) -> None:
     with StateStore(db) as store:
         commit(store, 1)
-    v2 = Migration(2, "a note per decision", ("ALTER TABLE decisions ADD COLUMN note TEXT",))
-    monkeypatch.setattr(connection, "MIGRATIONS", (*connection.MIGRATIONS, v2))
-    for _ in range(2):  # a second open must not apply v2 again (ALTER would fail)
+    new = Migration(LATEST + 1, "a note per decision", ("ALTER TABLE decisions ADD COLUMN note TEXT",))
+    monkeypatch.setattr(connection, "MIGRATIONS", (*connection.MIGRATIONS, new))
+    for _ in range(2):  # a second open must not apply it again (ALTER would fail)
         with StateStore(db) as store:
-            assert store.schema_version() == 2
+            assert store.schema_version() == LATEST + 1
             loaded = store.load()
             assert loaded is not None and loaded.tick == 1
     with sqlite3.connect(db) as con:
-        assert [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        versions = [r[0] for r in con.execute("SELECT version FROM schema_version ORDER BY version")]
+        assert versions == list(range(1, LATEST + 2))
     monkeypatch.undo()
     with pytest.raises(StateStoreError, match="newer raytide") as e:
         StateStore(db)
@@ -128,13 +130,13 @@ def test_forward_migrations_are_applied_once_and_keep_the_data(
 
 def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     StateStore(db).close()
-    v2 = Migration(2, "broken", ("CREATE TABLE half (a)", "NOT SQL AT ALL"))
-    monkeypatch.setattr(connection, "MIGRATIONS", (*connection.MIGRATIONS, v2))
+    broken = Migration(LATEST + 1, "broken", ("CREATE TABLE half (a)", "NOT SQL AT ALL"))
+    monkeypatch.setattr(connection, "MIGRATIONS", (*connection.MIGRATIONS, broken))
     with pytest.raises(StateStoreError, match=str(db)):
         StateStore(db)
     monkeypatch.undo()
     with StateStore(db) as store:
-        assert store.schema_version() == 1
+        assert store.schema_version() == LATEST
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
 
@@ -428,10 +430,19 @@ def _lines(stream: IO[str], out: queue.Queue[str | None]) -> None:
     out.put(None)
 
 
-def _run_until_killed(db: Path, round_: int, ticks: int, delay: float) -> list[str]:
+def _run_until_killed(
+    db: Path, round_: int, ticks: int, delay: float, *, checkpoint_seconds: float = 30.0
+) -> list[str]:
     """Start the writer, wait until it printed ``ticks`` committed ticks, SIGKILL it; all it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.state_store_writer", str(db), str(round_)],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.state_store_writer",
+            str(db),
+            str(round_),
+            str(checkpoint_seconds),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -469,8 +480,9 @@ def test_kill_9_mid_run_loses_no_committed_tick_and_leaves_no_partial_one(db: Pa
     previous = 0
     for round_, delay in enumerate((0.0, 0.002, 0.004, 0.007)):
         printed = _run_until_killed(db, round_, ticks=30, delay=delay)
-        assert printed[0] == f"stuck drain:stuck-{round_}"
-        ticks = [int(x.split()[1]) for x in printed[1:]]
+        assert printed[0] == "run " + ("none" if round_ == 0 else "unclean")
+        assert printed[1] == f"stuck drain:stuck-{round_}"
+        ticks = [int(x.split()[1]) for x in printed[2:]]
         assert ticks == list(range(previous + 1, previous + 1 + len(ticks))), "resumed after the last tick"
         last_printed = ticks[-1]
 
@@ -499,3 +511,113 @@ def test_kill_9_mid_run_loses_no_committed_tick_and_leaves_no_partial_one(db: Pa
                 action = store.action(f"floor:{t}")
                 assert action is not None and action.status == "confirmed"
         previous = tick
+
+
+# ------------------------------------------------------------------------------------------ a lost -wal
+
+
+def _wal(db: Path) -> Path:
+    return Path(f"{db}-wal")
+
+
+def test_a_clean_close_checkpoints_and_the_next_run_hears_it_was_clean(db: Path) -> None:
+    store = StateStore(db)
+    assert store.begin_run().previous == "none"
+    commit(store, 1)
+    assert _wal(db).stat().st_size > 0
+    store.close()
+    assert not _wal(db).exists()
+    with StateStore(db) as again:
+        assert again.begin_run().previous == "clean"
+        loaded = again.load()
+        assert loaded is not None and loaded.tick == 1
+
+
+def test_checkpoints_come_after_the_period_and_after_any_drain(db: Path) -> None:
+    now = [0.0]
+    with StateStore(db, checkpoint_seconds=30.0, monotonic=lambda: now[0]) as store:
+        commit(store, 1)
+        assert _wal(db).stat().st_size > 0
+        now[0] = 29.0
+        commit(store, 2)
+        assert _wal(db).stat().st_size > 0, "not due yet"
+        now[0] = 30.0
+        commit(store, 3)
+        assert _wal(db).stat().st_size == 0, "due: copied into the file and emptied"
+        commit(store, 4)
+        assert _wal(db).stat().st_size > 0
+        store.begin_action("drain:n1", kind="drain", node_id="n1", time=tick_time(4))
+        assert _wal(db).stat().st_size == 0, "a drain is checkpointed at once"
+        commit(store, 5, actions=[Action("drain:n2", "drain", "cpu4", "n2", {}, "intended", 1.0, 1.0)])
+        assert _wal(db).stat().st_size == 0
+    with StateStore(db, checkpoint_seconds=None, monotonic=lambda: now[0]) as store:
+        now[0] = 1e9
+        commit(store, 6)
+        store.begin_action("drain:n3", kind="drain", node_id="n3", time=tick_time(6))
+        assert _wal(db).stat().st_size > 0, "None: only SQLite's own checkpoints"
+    with pytest.raises(ValueError, match="checkpoint_seconds"):
+        StateStore(db, checkpoint_seconds=0.0)
+
+
+def test_kill_9_is_reported_as_unclean_and_a_deleted_wal_as_lost_with_what_survived(db: Path) -> None:
+    # Round 0: killed, the log left alone: everything committed is there; the next run hears "unclean".
+    printed = _run_until_killed(db, 0, ticks=20, delay=0.0, checkpoint_seconds=1e9)
+    last = int(printed[-1].split()[1])
+    with StateStore(db) as store:
+        opening = store.begin_run()
+        assert opening.previous == "unclean" and "nothing it committed is lost" in opening.detail
+        loaded = store.load()
+        assert loaded is not None and loaded.tick >= last
+        kept = loaded.tick
+    # Round 1: killed, then the -wal file deleted. The writer checkpoints only when it begins its run and
+    # when it records its drain, so what it committed after that is gone; the store says so.
+    printed = _run_until_killed(db, 1, ticks=20, delay=0.0, checkpoint_seconds=1e9)
+    assert printed[0] == "run clean"
+    round1 = [int(x.split()[1]) for x in printed[2:]]
+    assert _wal(db).exists()
+    _wal(db).unlink()
+    with StateStore(db) as store:
+        opening = store.begin_run()
+        assert opening.previous == "log_lost"
+        assert "-wal" in opening.detail and f"tick {kept}" in opening.detail
+        loaded = store.load()
+        assert loaded is not None and loaded.tick == kept, "rolled back to the last checkpoint"
+        assert loaded.plan == sample_plan(kept)
+        # The drain begun in the lost round was checkpointed when it was recorded: it is not lost.
+        assert {"drain:stuck-0", "drain:stuck-1"} <= {a.key for a in store.pending_actions()}
+        # (floor:{kept + 1} may be round 0's: begun in the tick it was killed in.)
+        assert all(store.action(f"floor:{t}") is None for t in round1 if t > kept + 1)
+        assert store.recent_decisions(1)[0].tick == kept
+    # The next start hears that the last one stopped cleanly: the loss was reported once.
+    with StateStore(db) as store:
+        assert store.begin_run().previous == "clean"
+
+
+def test_a_reader_after_a_crash_settles_it_so_the_next_run_does_not_call_a_merged_log_lost(db: Path) -> None:
+    _run_until_killed(db, 0, ticks=5, delay=0.0)
+    assert _wal(db).exists()
+    with StateStore(db) as reader:  # no run: e.g. a tool reading the file
+        assert reader.load() is not None
+    assert not _wal(db).exists(), "the reader's close merged and deleted the log"
+    with StateStore(db) as store:
+        assert store.begin_run().previous == "unclean"
+
+
+def test_a_run_in_this_process_that_never_closed_is_unclean_not_lost(db: Path) -> None:
+    store = StateStore(db)  # a new file: no -wal when it opened
+    store.begin_run()
+    commit(store, 1)
+    opening = store.begin_run()  # a second daemon on the same open store (an in-process restart)
+    assert opening.previous == "unclean" and "in this process" in opening.detail
+    store.close()
+
+
+def test_recorded_floors_are_the_distinct_counts_without_zeros(db: Path) -> None:
+    with StateStore(db) as store:
+        assert store.recorded_floors() == ()
+        for i, counts in enumerate([{"cpu4": 0, "gpu1": 2}, {"gpu1": 2}, {"cpu4": 1, "gpu1": 2}]):
+            store.begin_action(f"floor:{i}", kind="floor", payload={"counts": counts}, time=tick_time(1))
+        store.begin_action("floor:x", kind="floor", payload={}, time=tick_time(1))
+        store.begin_action("drain:a", kind="drain", node_id="a", payload={"counts": {"x": 9}})
+        floors = {frozenset(f.items()) for f in store.recorded_floors()}
+        assert floors == {frozenset({"gpu1": 2}.items()), frozenset({"cpu4": 1, "gpu1": 2}.items())}

@@ -1,9 +1,11 @@
 """A stand-in daemon for the kill -9 test in test_state_store.py, and the sample data both share.
 
-``python -m tests.support.state_store_writer DB ROUND`` resumes from the store at DB, begins one drain it
-never finishes (printing ``stuck <key>`` once that is committed), then loops for ever: per tick it begins,
+``python -m tests.support.state_store_writer DB ROUND [CHECKPOINT_SECONDS]`` resumes from the store at DB,
+begins a run as the daemon does (printing ``run <how the previous one ended>``), begins one drain it never
+finishes (printing ``stuck <key>`` once that is committed), then loops for ever: per tick it begins,
 confirms and commits like the daemon will, printing ``tick <n>`` after each commit returned. Everything it
 writes is a pure function of the tick, so the test can check that what it finds is exactly one whole tick.
+``CHECKPOINT_SECONDS`` goes to the store (a large one: checkpoints only at the start and after the drain).
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ def sample_decision_state(tick: int) -> dict[str, Any]:
     return {"guard": {"history": [[tick_time(tick), {"cpu4": 31}]], "watching_since": T0}, "policy_state": {}}
 
 
-def main(db: str, round_: int) -> None:
-    store = StateStore(db, keep_decisions=KEEP_DECISIONS)
+def main(db: str, round_: int, checkpoint_seconds: float = 30.0) -> None:
+    store = StateStore(db, keep_decisions=KEEP_DECISIONS, checkpoint_seconds=checkpoint_seconds)
+    print(f"run {store.begin_run().previous}", flush=True)
     stored = store.load()
     tick = 0 if stored is None else stored.tick
     stuck = f"drain:stuck-{round_}"
@@ -125,4 +128,4 @@ def main(db: str, round_: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *(float(a) for a in sys.argv[3:4]))

@@ -9,7 +9,17 @@ from types import MappingProxyType
 from typing import Any, cast, get_args
 
 from autoscaler.adapters.state_store.connection import Connection
-from autoscaler.adapters.state_store.values import check_key, dump, finite, json_object, optional_str
+from autoscaler.adapters.state_store.values import (
+    check_key,
+    dump,
+    finite,
+    json_object,
+    optional_str,
+    stored_float,
+    stored_int,
+    stored_optional_str,
+    stored_str,
+)
 from autoscaler.ports import FINISHED_STATUSES, Action, ActionKind, ActionStatus
 
 __all__ = [
@@ -18,6 +28,8 @@ __all__ = [
     "begin",
     "decode",
     "finish",
+    "floor_counts",
+    "floor_payloads",
     "pending_count",
     "pending_rows",
     "row_for",
@@ -163,17 +175,37 @@ def pending_count(con: sqlite3.Connection) -> int:
     return int(con.execute("SELECT count(*) FROM actions WHERE status IN ('intended', 'sent')").fetchone()[0])
 
 
+def floor_payloads(con: sqlite3.Connection) -> list[Any]:
+    return [r[0] for r in con.execute("SELECT DISTINCT payload FROM actions WHERE kind = 'floor'")]
+
+
+def floor_counts(payload: Mapping[str, Any]) -> dict[str, int] | None:
+    """The floor a ``floor`` action's payload asked for, zeros left out; None when it names none."""
+    counts = payload.get("counts")
+    if not isinstance(counts, Mapping):
+        return None
+    out: dict[str, int] = {}
+    for shape, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            return None
+        if n:
+            out[str(shape)] = n
+    return out
+
+
 def decode(row: Sequence[Any], conn: Connection) -> Action:
     key, kind, shape, node_id, payload, status, detail, attempts, created, updated = row
+    where = f"action {key!r}"
+    content = conn.content
     return Action(
-        key=str(key),
-        kind=cast(ActionKind, kind),
-        shape=shape,
-        node_id=node_id,
-        payload=MappingProxyType(conn.content(json_object, payload, f"the payload of action {key!r}")),
-        status=cast(ActionStatus, status),
-        created=float(created),
-        updated=float(updated),
-        detail=str(detail),
-        attempts=int(attempts),
+        key=content(stored_str, key, "an action's key"),
+        kind=cast(ActionKind, content(stored_str, kind, f"the kind of {where}")),
+        shape=content(stored_optional_str, shape, f"the shape of {where}"),
+        node_id=content(stored_optional_str, node_id, f"the node of {where}"),
+        payload=MappingProxyType(content(json_object, payload, f"the payload of {where}")),
+        status=cast(ActionStatus, content(stored_str, status, f"the status of {where}")),
+        created=content(stored_float, created, f"the creation time of {where}"),
+        updated=content(stored_float, updated, f"the update time of {where}"),
+        detail=content(stored_str, detail, f"the detail of {where}"),
+        attempts=content(stored_int, attempts, f"the attempts of {where}"),
     )

@@ -1,6 +1,6 @@
 """The state file's one SQLite connection: opening (private file, WAL, ``synchronous=FULL``, integrity
-check), the forward-only schema migrations, transactions under a lock, and SQLite errors turned into
-:class:`StateStoreError` naming the file and the fix."""
+check), the forward-only schema migrations, transactions and checkpoints under a lock, and SQLite errors
+turned into :class:`StateStoreError` naming the file and the fix."""
 
 from __future__ import annotations
 
@@ -13,16 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from autoscaler.adapters.state_store import run_marker
+from autoscaler.ports import StateError
+
 __all__ = ["MIGRATIONS", "Connection", "Migration", "StateStoreError", "move_aside"]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 
 _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 """After a checkpoint the WAL is truncated to this size, so one burst of large ticks does not keep the
 file big forever."""
 
 
-class StateStoreError(RuntimeError):
+class StateStoreError(StateError):
     """The state file cannot be opened, read or written; the message names the file and the fix."""
 
     def __init__(self, message: str, *, path: Path) -> None:
@@ -77,6 +81,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX actions_by_status ON actions (status, updated)",
         ),
     ),
+    Migration(
+        2,
+        "the run marker: whether the last daemon on the file stopped cleanly",
+        (
+            """CREATE TABLE run (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                state TEXT NOT NULL CHECK (state IN ('running', 'stopped', 'recovered', 'log_lost')),
+                pid INTEGER NOT NULL,
+                process TEXT NOT NULL,
+                started REAL NOT NULL,
+                changed REAL NOT NULL
+            )""",
+        ),
+    ),
 )
 """Forward-only, applied in order inside one transaction; never edit a released one, append a new one."""
 
@@ -96,6 +114,10 @@ class Connection:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        # Looked at before SQLite opens (and so creates) it: after an unclean stop the log must still be
+        # there, or what was committed after the last checkpoint is gone.
+        self.log_found = Path(f"{path}-wal").exists()
+        """Whether the write-ahead log (``<file>-wal``) existed when this connection opened."""
         self._con: sqlite3.Connection | None = self._open(check_integrity, busy_timeout_s)
 
     def close(self) -> None:
@@ -131,11 +153,25 @@ class Connection:
                     raise self.wrap(e) from e
                 raise
 
-    def content(self, decode: Callable[[str], _T], text: str, what: str) -> _T:
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the file and empty it, so that a lost ``-wal`` loses nothing
+        committed so far. False when another connection's reader kept it from finishing (the log then
+        stays as it was: nothing is lost, the next checkpoint does it)."""
+        with self._lock:
+            con = self._con
+            if con is None:
+                raise StateStoreError(f"state store {self.path}: already closed", path=self.path)
+            try:
+                busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as e:
+                raise self.wrap(e) from e
+            return not busy
+
+    def content(self, decode: Callable[[_S], _T], text: _S, what: str) -> _T:
         """``decode(text)``; a value that cannot be read back is a damaged (or newer) file."""
         try:
             return decode(text)
-        except ValueError as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise StateStoreError(
                 f"state store {self.path}: {what} cannot be read ({e}). If a newer raytide wrote it, run "
                 f"that version; otherwise {move_aside(self.path, lower=True)}",
@@ -198,6 +234,14 @@ class Connection:
                         path=p,
                     )
             self._migrate(con)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                run_marker.settle(con, self.log_found, self._clock())
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
         except BaseException as e:
             con.close()
             if isinstance(e, sqlite3.Error):

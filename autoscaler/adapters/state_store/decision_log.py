@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoscaler.adapters.state_store.connection import Connection
-from autoscaler.adapters.state_store.values import json_strings
+from autoscaler.adapters.state_store.values import json_strings, stored_float, stored_int, stored_str
 from autoscaler.core import codec
 from autoscaler.types import Plan, Snapshot
 
@@ -77,11 +77,12 @@ def between(con: sqlite3.Connection, lo: float, hi: float, n: int) -> list[Any]:
 
 def decode(row: Sequence[Any], conn: Connection) -> DecisionRecord:
     tick, t, policy, held, plan, snapshot, reasons = row
-    where = f"decision log row {tick}"
+    where = f"decision log row {tick!r}"
+    content = conn.content
     return DecisionRecord(
-        tick=int(tick),
-        time=float(t),
-        policy=str(policy),
+        tick=content(stored_int, tick, f"the tick of {where}"),
+        time=content(stored_float, t, f"the time of {where}"),
+        policy=content(stored_str, policy, f"the policy of {where}"),
         held=bool(held),
         plan=conn.content(codec.decode_plan, plan, f"the plan of {where}"),
         snapshot=conn.content(codec.decode_snapshot, snapshot, f"the snapshot of {where}"),

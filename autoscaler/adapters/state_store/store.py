@@ -1,8 +1,10 @@
 """The :class:`StateStore`: the state row, the decision log and the actions table in one SQLite file, with one
-transaction per tick."""
+transaction per tick, a checkpoint now and then, and the run marker that tells a clean stop from a lost
+log."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time as _time
@@ -10,13 +12,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoscaler.adapters.state_store import actions_table, decision_log
-from autoscaler.adapters.state_store.connection import Connection, StateStoreError
+from autoscaler.adapters.state_store import actions_table, decision_log, run_marker
+from autoscaler.adapters.state_store.connection import Connection, StateStoreError, move_aside
 from autoscaler.adapters.state_store.decision_log import DecisionRecord
-from autoscaler.adapters.state_store.values import check_key, dump, finite, json_object, strings
+from autoscaler.adapters.state_store.values import (
+    check_key,
+    dump,
+    finite,
+    json_object,
+    stored_float,
+    stored_int,
+    stored_tick,
+    strings,
+)
 from autoscaler.adapters.state_store.values import limit as check_limit
 from autoscaler.core import codec as serialize
-from autoscaler.ports import Action, ActionKind, ActionStatus, StoredState
+from autoscaler.ports import Action, ActionKind, ActionStatus, JournalOpening, StoredState
 from autoscaler.types import Plan, Snapshot
 
 __all__ = ["StateStore"]
@@ -36,24 +47,37 @@ class StateStore:
         check_integrity: bool = True,
         busy_timeout_s: float = 5.0,
         clock: Callable[[], float] = _time.time,
+        checkpoint_seconds: float | None = 30.0,
+        monotonic: Callable[[], float] = _time.monotonic,
     ) -> None:
         """Open (creating file and directory if missing, mode 0600) and migrate the store at ``path``.
 
         ``keep_decisions``/``keep_days`` bound the decision log (None: unbounded); ``check_integrity`` runs
         ``PRAGMA quick_check`` first (reads the whole file once; turn off only for huge files);
-        ``clock`` times actions when the caller gives no time.
+        ``clock`` times actions when the caller gives no time. ``checkpoint_seconds`` (``monotonic``
+        seconds; None: only SQLite's own, by log size) bounds what a lost ``-wal`` file can take: the log is
+        copied into the file and emptied after the first write this long after the last checkpoint, after
+        any write that records a drain, and at :meth:`close`.
         """
         if keep_decisions is not None and (isinstance(keep_decisions, bool) or keep_decisions < 1):
             raise ValueError(f"keep_decisions must be >= 1 or None, got {keep_decisions!r}")
         if keep_days is not None and not (math.isfinite(keep_days) and keep_days > 0):
             raise ValueError(f"keep_days must be > 0 or None, got {keep_days!r}")
+        if checkpoint_seconds is not None and not (
+            math.isfinite(checkpoint_seconds) and checkpoint_seconds > 0
+        ):
+            raise ValueError(f"checkpoint_seconds must be > 0 or None, got {checkpoint_seconds!r}")
         self._path = Path(path)
         self._keep_decisions = keep_decisions
         self._keep_seconds = None if keep_days is None else keep_days * 86400.0
         self._clock = clock
+        self._monotonic = monotonic
+        self._checkpoint_seconds = checkpoint_seconds
         self._conn = Connection(
             self._path, check_integrity=check_integrity, busy_timeout_s=busy_timeout_s, clock=clock
         )
+        self._last_checkpoint = monotonic()
+        self._running = False
 
     @property
     def path(self) -> Path:
@@ -62,7 +86,46 @@ class StateStore:
     # -------------------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
+        """Close the file; after :meth:`begin_run`, mark the run stopped and checkpoint first (best effort:
+        a failure there leaves the log, which SQLite still merges, and a next start that says "unclean")."""
+        if self._running:
+            self._running = False
+            with contextlib.suppress(StateStoreError):
+                with self._conn.transaction(write=True) as con:
+                    run_marker.end(con, self._clock())
+                self._conn.checkpoint()
         self._conn.close()
+
+    def begin_run(self) -> JournalOpening:
+        """Mark the file as in use by a running daemon until :meth:`close`, and checkpoint so the mark is in
+        the file itself; returns how the previous run ended (``unclean`` after a ``kill -9``, ``log_lost``
+        when its ``-wal`` file vanished too: then the store is older than what that run did)."""
+        with self._conn.transaction(write=True) as con:
+            row = con.execute("SELECT tick FROM state WHERE id = 1").fetchone()
+            tick = None if row is None else self._conn.content(stored_int, row[0], "the stored tick")
+            opening = run_marker.begin(con, self._conn.log_found, self._clock(), tick)
+        self._running = True
+        self._checkpoint()
+        return opening
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the file now (see ``checkpoint_seconds``); False when a reader in
+        another connection kept it from finishing."""
+        return self._checkpoint()
+
+    def _checkpoint(self) -> bool:
+        self._last_checkpoint = self._monotonic()
+        return self._conn.checkpoint()
+
+    def _checkpoint_if_due(self, *, drain: bool) -> None:
+        every = self._checkpoint_seconds
+        if every is None:
+            return
+        if drain or self._monotonic() - self._last_checkpoint >= every:
+            # After a commit: a checkpoint that fails must not make the caller think the commit did. The
+            # log keeps everything; the next one tries again.
+            with contextlib.suppress(StateStoreError):
+                self._checkpoint()
 
     def __enter__(self) -> StateStore:
         return self
@@ -83,12 +146,13 @@ class StateStore:
             version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             journal = con.execute("PRAGMA journal_mode").fetchone()[0]
             sync = con.execute("PRAGMA synchronous").fetchone()[0]
+        content = self._conn.content
         return {
             "path": str(self._path),
             "schema_version": int(version),
             "journal_mode": str(journal),
             "synchronous": _SYNCHRONOUS.get(int(sync), str(sync)),
-            "tick": None if tick is None else int(tick[0]),
+            "tick": None if tick is None else content(stored_int, tick[0], "the stored tick"),
             "decisions": int(n),
             "oldest_decision_tick": lo,
             "newest_decision_tick": hi,
@@ -110,11 +174,20 @@ class StateStore:
             if row is None:
                 return None
             rows = actions_table.pending_rows(con)
+            newest = con.execute("SELECT max(tick) FROM decisions").fetchone()[0]
         tick, t, models, decision_state, plan = row
         content = self._conn.content
+        tick = content(stored_tick, tick, "the stored tick")
+        if isinstance(newest, int) and newest > tick:
+            # Every commit writes both; a log ahead of the state row would make every next commit fail.
+            raise StateStoreError(
+                f"state store {self._path}: the state row (tick {tick}) is behind its own decision log "
+                f"(tick {newest}): the file was changed outside raytide. {move_aside(self._path)}",
+                path=self._path,
+            )
         return StoredState(
-            tick=int(tick),
-            time=float(t),
+            tick=tick,
+            time=content(stored_float, t, "the stored time"),
             models=content(json_object, models, "the stored models"),
             decision_state=content(json_object, decision_state, "the stored decision state"),
             plan=content(serialize.decode_plan, plan, "the stored plan"),
@@ -170,6 +243,7 @@ class StateStore:
             actions_table.upsert(con, action_rows)
             decision_log.prune(con, tick, t, self._keep_decisions, self._keep_seconds)
             con.execute(actions_table.PRUNE_ACTIONS)
+        self._checkpoint_if_due(drain=any(a.kind == "drain" for a in actions))
 
     # -------------------------------------------------------------------------------------- actions
 
@@ -193,6 +267,7 @@ class StateStore:
         now = self._now(time)
         with self._conn.transaction(write=True) as con:
             row = actions_table.begin(con, key, kind, shape, node_id, payload_text, now)
+        self._checkpoint_if_due(drain=kind == "drain")
         return actions_table.decode(row, self._conn)
 
     def finish_action(
@@ -208,6 +283,7 @@ class StateStore:
         now = self._now(time)
         with self._conn.transaction(write=True) as con:
             row = actions_table.finish(con, str(self._path), key, status, detail, now)
+        self._checkpoint_if_due(drain=False)
         return actions_table.decode(row, self._conn)
 
     def action(self, key: str) -> Action | None:
@@ -221,6 +297,18 @@ class StateStore:
         with self._conn.transaction(write=False) as con:
             rows = actions_table.pending_rows(con)
         return tuple(actions_table.decode(r, self._conn) for r in rows)
+
+    def recorded_floors(self) -> tuple[Mapping[str, int], ...]:
+        """Every distinct floor (shape → nodes, zeros left out) a ``floor`` action still records: what
+        this store knows raytide asked of the cluster."""
+        with self._conn.transaction(write=False) as con:
+            payloads = actions_table.floor_payloads(con)
+        floors: dict[frozenset[tuple[str, int]], Mapping[str, int]] = {}
+        for text in payloads:
+            counts = actions_table.floor_counts(self._conn.content(json_object, text, "a floor's payload"))
+            if counts is not None:
+                floors.setdefault(frozenset(counts.items()), counts)
+        return tuple(floors.values())
 
     # -------------------------------------------------------------------------------------- the log
 

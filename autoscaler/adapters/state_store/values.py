@@ -16,6 +16,11 @@ __all__ = [
     "json_strings",
     "limit",
     "optional_str",
+    "stored_float",
+    "stored_int",
+    "stored_optional_str",
+    "stored_str",
+    "stored_tick",
     "strings",
 ]
 
@@ -77,3 +82,40 @@ def check_key(key: Any) -> None:
 def optional_str(v: Any, what: str) -> None:
     if v is not None and not isinstance(v, str):
         raise ValueError(f"{what} must be a string or None, got {v!r}")
+
+
+# Read back: a column holds whatever was written to it (SQLite's types are affinities, not checks), so a
+# value is checked before it is used; a ValueError here becomes a StateStoreError naming the file.
+
+
+def stored_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {_show(v)}")
+    return v
+
+
+def stored_tick(v: Any) -> int:
+    if stored_int(v) < 0:
+        raise ValueError(f"expected a tick >= 0, got {v!r}")
+    return int(v)
+
+
+def stored_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"expected a finite number, got {_show(v)}")
+    return float(v)
+
+
+def stored_str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected text, got {_show(v)}")
+    return v
+
+
+def stored_optional_str(v: Any) -> str | None:
+    return None if v is None else stored_str(v)
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
