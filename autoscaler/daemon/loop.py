@@ -31,6 +31,8 @@ from autoscaler.daemon.pacing import Pacing, pace
 from autoscaler.daemon.pool_controller import PoolController
 from autoscaler.daemon.publish import NoTelemetry, Publisher, TickOutcome
 from autoscaler.daemon.reconcile import reconcile
+from autoscaler.daemon.reconcile_restore import restore
+from autoscaler.daemon.reconcile_store_age import StaleStoreNotice, compare_store_with_cluster, log_findings
 from autoscaler.ports import (
     Action,
     Actuator,
@@ -177,6 +179,7 @@ class Daemon:
         )
         self._floor_since: dict[str, float] = {}
         """Shape → since when it has had fewer nodes than the floor and none launching (floor_watch)."""
+        self._stale_store = StaleStoreNotice(None, 0.0)
         self.last: TickOutcome | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -210,20 +213,31 @@ class Daemon:
         return True
 
     async def start(self) -> list[str]:
-        """Load the stored state and reconcile unfinished actions; returns what reconciliation did."""
+        """Load the stored state, compare it with the cluster (a store older than the cluster is said so,
+        and what can be adopted is) and reconcile unfinished actions; returns what reconciliation did.
+        Raises ``StateError`` when the stored state cannot be used."""
         mem = self._mem
         stored = await asyncio.to_thread(self._store.load)
         if stored is not None:
-            mem.tick = stored.tick
-            mem.models = ThroughputModels.from_json(stored.models)
-            mem.state = DecisionState.from_json(stored.decision_state)
-            mem.plan = stored.plan
-            own = stored.decision_state.get(_DAEMON_KEY, {})
-            floor = own.get("floor") if isinstance(own, Mapping) else None
-            if isinstance(floor, Mapping):
-                mem.floor = {str(k): int(v) for k, v in floor.items()}
-            if isinstance(own, Mapping):
-                mem.pool = PoolMemory.from_json(own.get("warm_pool"))
+            r = restore(stored, _DAEMON_KEY)
+            mem.tick, mem.models, mem.state, mem.plan, mem.pool = r.tick, r.models, r.state, r.plan, r.pool
+            if r.floor is not None:
+                mem.floor = r.floor
+        age = await compare_store_with_cluster(
+            journal=self._store,
+            cluster=self._cluster,
+            pool=self._pool,
+            config=self.config,
+            floor=mem.floor,
+            memory=mem.pool,
+            plan=mem.plan,
+            timeout_s=self.config.daemon.observe_timeout_seconds,
+            compare=not self.dry_run,
+        )
+        log_findings(age)
+        self._stale_store = StaleStoreNotice(age, self._monotonic())
+        mem.pool.members.update((m.name, m) for m in age.adopt)
+        mem.pool.next_serial = age.next_serial
         done = await reconcile(
             ledger=self._ledger,
             acting=self._acting,
@@ -233,6 +247,7 @@ class Daemon:
             plan=mem.plan,
             observe_timeout_s=self.config.daemon.observe_timeout_seconds,
             clock=self._clock,
+            found_floor=age.floor,
         )
         if done.floor is not None:
             mem.floor = done.floor
@@ -335,6 +350,7 @@ class Daemon:
                 cluster, now, confirm_within_s=self.config.daemon.drain_confirm_seconds
             )
         errors: list[str] = list(snapshot.errors)
+        errors.extend(self._stale_store.reasons(t0))
         if cluster is not None and mem.floor is not None and not self.dry_run:
             self._floor_since, short = watch_floor(
                 mem.floor,

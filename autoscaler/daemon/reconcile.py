@@ -2,7 +2,9 @@
 cluster instead of repeated blindly or forgotten.
 
 - floor: the newest one is re-asserted (idempotent: the same counts launch nothing new); older ones are
-  superseded. Without a pending floor, the last floor set is re-asserted the same way.
+  superseded. Without a pending floor, the last floor set is re-asserted the same way. When the store was
+  found older than the cluster (:mod:`autoscaler.daemon.reconcile_store_age`), the floor found in the cluster
+  is re-asserted instead and every pending one is superseded by it.
 - drain: node gone → ``confirmed``; node draining → awaited (checked on the next ticks); node alive and idle →
   drained again if the last plan still wants fewer nodes of its shape than are alive (the floor was
   re-asserted first), else ``abandoned``; node busy → ``abandoned``. An unreadable cluster leaves them
@@ -47,17 +49,23 @@ async def reconcile(
     plan: Plan | None,
     observe_timeout_s: float,
     clock: Callable[[], float],
+    found_floor: dict[str, int] | None = None,
 ) -> Reconciled:
-    """``floor``, ``tick`` and ``plan``: what the last committed tick left."""
+    """``floor``, ``tick`` and ``plan``: what the last committed tick left; ``found_floor``: the floor found
+    in the cluster, newer than the store's."""
     pending = await ledger.load_pending()
     notes: list[str] = []
     for a in pending:
         if a.kind not in _HANDLED:
             await ledger.move(a.key, "abandoned", f"{a.kind} is not something this daemon does")
             notes.append(f"{a.key}: abandoned ({a.kind} unsupported)")
-    floor_set = await _reassert_floor(
-        ledger, acting, [a for a in pending if a.kind == "floor"], floor, tick, clock, notes
-    )
+    floors = [a for a in pending if a.kind == "floor"]
+    if found_floor is not None:
+        for a in floors:
+            await ledger.move(a.key, "abandoned", "superseded by the floor found in the cluster")
+        floor_set = await _reassert_floor(ledger, acting, [], found_floor, tick, clock, notes)
+    else:
+        floor_set = await _reassert_floor(ledger, acting, floors, floor, tick, clock, notes)
     drains = [a for a in pending if a.kind == "drain"]
     if drains:
         await _settle_drains(
