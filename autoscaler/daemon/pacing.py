@@ -18,6 +18,12 @@ from autoscaler.types import NodeShape, Plan, ShapeChange
 
 __all__ = ["Pacing", "pace"]
 
+_SLACK = 0.01
+"""Share of the interval by which a nudged tick may come early and still open a new window. Ticks a nudge
+starts are spaced by the gap and land on the interval's boundary to within the clock's jitter: without the
+slack a window would open one gap late about half the time, and a nudged daemon would step slower than a
+timed one."""
+
 
 class Pacing:
     """The nudge rate limit and the current step window. ``monotonic`` is the daemon's clock."""
@@ -49,7 +55,9 @@ class Pacing:
     def begin_tick(self) -> None:
         """A tick starts: it opens a window, or — nudged within the open one's interval — shares it."""
         now = self._monotonic()
-        shared = self._nudged and self._opened is not None and now - self._opened < self.interval_s
+        shared = (
+            self._nudged and self._opened is not None and now - self._opened < self.interval_s * (1 - _SLACK)
+        )
         self._nudged = False
         if not shared:
             self._opened = now

@@ -64,6 +64,14 @@ def test_a_nudged_tick_shares_the_window_a_timed_tick_opens_one() -> None:
     pacing.nudge()
     pacing.begin_tick()  # nudged, but the window is a whole interval old: a new one
     assert pacing.see({"cpu": 9}).low == (("cpu", 9),)
+    mono.now = 12.5
+    pacing.nudge()
+    pacing.begin_tick()
+    assert pacing.see({"cpu": 10}).low == (("cpu", 9),)
+    mono.now = 13.0 - 1e-6  # ticks spaced by the gap reach the interval's end give or take the clock's jitter
+    pacing.nudge()
+    pacing.begin_tick()
+    assert pacing.see({"cpu": 10}).low == (("cpu", 10),)
 
 
 def paced_daemon(
