@@ -144,13 +144,13 @@ async def test_standby_serves_waiting_work_refills_and_survives_restarts(
             claims = _gauge(run, "raytide_warm_pool_claims_total", shape="gpu1", trigger="waiting")
             assert claims == 1
 
-            # The pool refills in the background with another node.
-            await until(
-                lambda: len(run.ready()) == 1 and run.ready()[0] != standby,
-                "the pool to refill",
-                in_thread=False,
-            )
+            # The pool refills in the background. Ray places the new placeholder on any gpu1 node whose whole
+            # capacity is free: a new one, or the claimed node itself once its work is done (the task above
+            # has returned), which is cheaper than a launch. Either is right; what must hold is that the
+            # claimed work ran first and the pool is full again.
+            await until(lambda: len(run.ready()) == 1, "the pool to refill", in_thread=False)
             refilled = run.ready()[0]
+            assert (await asyncio.to_thread(read)).node(refilled).node_type == "gpu1"
             pool_costs.append(_gauge(run, "raytide_warm_pool_cost_per_hour"))
 
             # A crash mid-claim (the intent recorded, the placeholder not yet removed), plus an orphan
