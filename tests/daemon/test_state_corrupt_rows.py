@@ -1,5 +1,5 @@
 """Fuzzing the state rows (Hypothesis, bounded, derandomized): any value in any column of the state row, the
-decision log or the actions table — wrong types, broken or deeply nested JSON, valid JSON of the wrong shape —
+decision log, the actions table or the run marker — wrong types, broken or deeply nested JSON, valid JSON of the wrong shape —
 gives a clear ``StateStoreError`` (or, from the daemon, a ``StateError``) or a held tick; never another
 exception."""
 
@@ -37,6 +37,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "created",
         "updated",
     ),
+    "run": ("state", "pid", "process", "started", "changed"),
 }
 
 json_values = st.recursive(

@@ -302,8 +302,8 @@ def move_aside(p: Path, *, lower: bool = False) -> str:
     """What to do with a file raytide cannot use."""
     text = (
         f"Stop raytide, move the file aside (mv {p} {p}.broken, and {p}-wal and {p}-shm if present) and "
-        "start again: raytide starts fresh (models relearned, empty decision log); keep the moved file to "
-        "find out what happened."
+        "start again: raytide starts fresh (models relearned, empty decision log) and adopts the floor and "
+        "placeholders it finds in the cluster; keep the moved file to find out what happened."
     )
     return text[0].lower() + text[1:] if lower else text
 
