@@ -1,7 +1,8 @@
 """Logging for the daemon: JSON lines for machines (journald, Kubernetes log shippers) or text for people.
 
 :func:`configure_logging` installs one handler on the root logger; fields given with ``extra=`` become keys
-of their own in either format.
+of their own in either format. Whatever a record says, no URL credentials reach the output (httpx, for one,
+logs each request's URL) and no control character reaches a terminal.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
+
+from autoscaler.core.redact import printable, redact_text
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
 
@@ -31,7 +34,27 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+    return {
+        k: _redacted(v) for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+    }
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with the credentials of every URL in its text masked (strings inside lists and dicts too)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if type(value) in (list, tuple):
+        return type(value)(_redacted(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact_text(str(value))
+
+
+# JSON escapes C0 controls itself; C1 controls (8-bit terminal escapes) are escaped too, which keeps the line
+# valid JSON since they can only occur inside its strings.
+_C1_ESCAPES = {c: f"\\u{c:04x}" for c in range(0x80, 0xA0)}
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,15 +72,15 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_text(record.getMessage()),
         }
         for key, value in _extras(record).items():
             doc[f"extra_{key}" if key in _FIXED_KEYS else key] = value
         if record.exc_info:
-            doc["exc_info"] = self.formatException(record.exc_info)
+            doc["exc_info"] = redact_text(self.formatException(record.exc_info))
         if record.stack_info:
-            doc["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+            doc["stack_info"] = redact_text(self.formatStack(record.stack_info))
+        return json.dumps(doc, default=str, ensure_ascii=False).translate(_C1_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
@@ -65,19 +88,20 @@ class TextFormatter(logging.Formatter):
     ``2025-01-02T03:04:05.678Z INFO autoscaler.adapters.mqtt_events: message shape=gpu1``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        message = printable(redact_text(record.getMessage()), newlines=False)
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {message}"
         extras = _extras(record)
         if extras:
             line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in extras.items())
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + printable(redact_text(self.formatException(record.exc_info)))
         if record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
+            line += "\n" + printable(redact_text(self.formatStack(record.stack_info)))
         return line
 
 
 def _text_value(value: Any) -> str:
-    text = str(value)
+    text = printable(str(value), newlines=False)
     # Quoted when it would otherwise blur into the next key=value pair.
     return json.dumps(text, ensure_ascii=False) if (not text or any(c.isspace() for c in text)) else text
 

@@ -3,7 +3,7 @@
 Data problems never raise: a query that cannot be answered becomes ``QueryResult(error=...)`` and a NaN
 or infinite sample an unknown ``Reading``, so one bad query cannot take the whole tick down and nothing
 is silently turned into 0. Only configuration that cannot work raises ``PrometheusConfigError``, in the
-constructor.
+constructor. Credentials in the URL become the client's basic auth and never appear in any text.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import math
+import reprlib
 import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from autoscaler.core.queries import (
     check_template_names,
     render_queries,
 )
+from autoscaler.core.redact import redact_text, redact_url
 from autoscaler.types import Reading
 
 __all__ = ["PrometheusConfigError", "PrometheusSource", "QueryResult", "Sample"]
@@ -36,6 +38,13 @@ __all__ = ["PrometheusConfigError", "PrometheusSource", "QueryResult", "Sample"]
 _QUERY_PATH = "api/v1/query"
 _MAX_BACKOFF_SECONDS = 2.0
 _BODY_EXCERPT = 200
+_MIN_SECRET_LENGTH = 4
+"""Shorter passwords are not masked inside other text: they occur in ordinary words and numbers, and the
+texts here never hold a credential in the first place (the URL the client knows has none)."""
+
+# Bounded in depth and length: an answer's bad part is shown, however deep or long the answer is.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 80, 80
 
 
 class _Transient(Exception):
@@ -92,23 +101,33 @@ class PrometheusSource:
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_seconds: float = 0.2,
     ) -> None:
-        if not config.url or not config.url.strip():
+        raw = (config.url or "").strip()
+        if not raw:
             raise PrometheusConfigError("prometheus.url is not set")
-        url = httpx.URL(config.url.strip())
-        if url.scheme not in ("http", "https") or not url.host:
-            raise PrometheusConfigError(f"prometheus.url {config.url!r} is not an http(s) URL")
+        url = _parse_url(raw)
         if backoff_seconds < 0:
             raise PrometheusConfigError("backoff_seconds must be >= 0")
         self._config = config
         self._templates = render_queries(config)
         self._backoff = backoff_seconds
+        self._secrets = tuple(
+            s
+            for s in (url.password, _userinfo_password(url), config.password, config.bearer_token)
+            if s and len(s) >= _MIN_SECRET_LENGTH
+        )
+        self._pending: dict[int, tuple[str, float | None]] = {}
+        self._next_id = 0
         # Read once here so a wrong path fails at startup; read again per request so rotation works.
         if config.bearer_token_file:
             _read_secret(config.bearer_token_file, "bearer_token_file")
         if config.password_file:
             _read_secret(config.password_file, "password_file")
+        # The URL's userinfo becomes basic auth (what httpx would do with it), so the URL the client holds,
+        # logs and puts in its errors carries no password.
+        auth = httpx.BasicAuth(url.username, url.password) if url.username or url.password else None
         self._client = httpx.AsyncClient(
-            base_url=url,
+            base_url=url.copy_with(username=None, password=None),
+            auth=auth,
             timeout=config.timeout_seconds,
             verify=_ssl_verify(config),
             transport=transport,
@@ -120,6 +139,16 @@ class PrometheusSource:
     def templates(self) -> Mapping[str, str]:
         """Template name → the PromQL actually sent (overrides and window applied)."""
         return MappingProxyType(self._templates)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, without credentials."""
+        return str(self._client.base_url)
+
+    def pending(self) -> list[tuple[str, float | None]]:
+        """The queries sent and not yet answered (with their ``at``), oldest first: what a caller whose
+        deadline fired was waiting for."""
+        return list(self._pending.values())
 
     async def __aenter__(self) -> Self:
         return self
@@ -146,6 +175,18 @@ class PrometheusSource:
 
         ``at`` evaluates the query at that Unix time instead of the server's now (PromQL ``time()`` follows
         it, so ``stage_freshness`` stays meaningful for past instants)."""
+        key = self._next_id
+        self._next_id += 1
+        self._pending[key] = (promql, at)
+        try:
+            result = await self._query(promql, at)
+        finally:
+            del self._pending[key]
+        if result.error is not None:
+            return QueryResult.failed(promql, redact_text(result.error, self._secrets))
+        return result
+
+    async def _query(self, promql: str, at: float | None) -> QueryResult:
         attempts = self._config.retries + 1
         last = "no attempt made"
         for attempt in range(attempts):
@@ -189,7 +230,8 @@ class PrometheusSource:
             raise _Transient(
                 f"cannot reach Prometheus at {self._client.base_url}: {type(e).__name__}: {e}"
             ) from e
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            # InvalidURL: a request URL httpx refuses (e.g. an overlong query); not an HTTPError subclass.
             return QueryResult.failed(promql, f"HTTP request failed: {type(e).__name__}: {e}")
         return self._interpret(promql, response)
 
@@ -199,6 +241,10 @@ class PrometheusSource:
             body: Any = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
+        except RecursionError:
+            return QueryResult.failed(
+                promql, f"Prometheus answer (HTTP {status}) is nested too deeply to read"
+            )
         api_error = _api_error(body)
         if status == 429 or status >= 500:
             raise _Transient(f"Prometheus answered HTTP {status}" + (f": {api_error}" if api_error else ""))
@@ -212,14 +258,42 @@ class PrometheusSource:
             return QueryResult.failed(
                 promql, f"Prometheus answer is not JSON ({ctype}): {_excerpt(response.text)!r}"
             )
-        return _parse_success(promql, body)
+        try:
+            return _parse_success(promql, body)
+        except RecursionError:
+            return _shape_error(promql, "nested too deeply to read")
+
+
+def _parse_url(raw: str) -> httpx.URL:
+    shown = redact_url(raw)
+    try:
+        url = httpx.URL(raw)
+        port = url.port
+    except httpx.InvalidURL as e:
+        raise PrometheusConfigError(
+            f"prometheus.url {shown!r} is not a valid URL: {redact_text(str(e))}"
+        ) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise PrometheusConfigError(f"prometheus.url {shown!r} is not an http(s) URL")
+    if port is not None and not 0 < port < 65536:
+        raise PrometheusConfigError(f"prometheus.url {shown!r}: port {port} is not in 1-65535")
+    return url
+
+
+def _userinfo_password(url: httpx.URL) -> str:
+    """The password as written in the URL (percent-encoded), which may differ from ``url.password``."""
+    _, _, password = url.userinfo.decode("ascii", "replace").partition(":")
+    return password
 
 
 def _api_error(body: Any) -> str | None:
     if isinstance(body, dict) and body.get("status") == "error":
         kind = body.get("errorType")
         text = body.get("error")
-        return f"{kind}: {text}" if kind else str(text)
+        shown = text if isinstance(text, str) else _SHORT.repr(text)
+        if kind:
+            return f"{kind if isinstance(kind, str) else _SHORT.repr(kind)}: {shown}"
+        return shown
     return None
 
 
@@ -256,7 +330,7 @@ def _parse_success(promql: str, body: Any) -> QueryResult:
     if kind == "scalar":
         parsed = _parse_value(result)
         if parsed is None:
-            return _shape_error(promql, f"bad scalar {result!r}")
+            return _shape_error(promql, f"bad scalar {_SHORT.repr(result)}")
         sample = Sample(labels=MappingProxyType({}), value=parsed[1], timestamp=parsed[0])
         return QueryResult(query=promql, samples=(sample,), warnings=warnings)
     if kind != "vector":
@@ -268,14 +342,14 @@ def _parse_success(promql: str, body: Any) -> QueryResult:
     samples: list[Sample] = []
     for item in result:
         if not isinstance(item, dict):
-            return _shape_error(promql, f"series {item!r} is not an object")
+            return _shape_error(promql, f"series {_SHORT.repr(item)} is not an object")
         metric = item.get("metric", {})
         if not isinstance(metric, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metric.items()
         ):
-            return _shape_error(promql, f"labels {metric!r} are not a string map")
+            return _shape_error(promql, f"labels {_SHORT.repr(metric)} are not a string map")
         parsed = _parse_value(item.get("value"))
         if parsed is None:
-            return _shape_error(promql, f"bad sample value {item.get('value')!r}")
+            return _shape_error(promql, f"bad sample value {_SHORT.repr(item.get('value'))}")
         samples.append(Sample(labels=MappingProxyType(dict(metric)), value=parsed[1], timestamp=parsed[0]))
     return QueryResult(query=promql, samples=tuple(samples), warnings=warnings)

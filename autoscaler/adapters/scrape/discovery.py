@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import httpx
 
 from autoscaler.core.queries import PrometheusConfigError
+from autoscaler.core.redact import redact_text, redact_url
 
 __all__ = [
     "DASHBOARD_SD_PATH",
@@ -77,7 +78,8 @@ _SD_FORMAT = 'a JSON list of {"labels": {...}, "targets": ["host:port", ...]} (P
 
 def _check_address(address: object, where: str) -> str:
     if not isinstance(address, str) or not _ADDRESS.match(address):
-        raise DiscoveryError(f"{where}: target {address!r} is not host:port")
+        shown = redact_url(address) if isinstance(address, str) else address
+        raise DiscoveryError(f"{where}: target {shown!r} is not host:port")
     return address
 
 
@@ -171,30 +173,39 @@ class DashboardDiscovery:
     """The Ray dashboard's ``/api/prometheus/sd`` endpoint (e.g. ``http://127.0.0.1:8265``)."""
 
     def __init__(self, url: str) -> None:
-        base = httpx.URL(url.strip())
+        try:
+            base = httpx.URL(url.strip())
+        except httpx.InvalidURL as e:
+            raise PrometheusConfigError(
+                f"dashboard URL {redact_url(url)!r} is not a valid URL: {e}"
+            ) from None
         if base.scheme not in ("http", "https") or not base.host:
-            raise PrometheusConfigError(f"dashboard URL {url!r} is not an http(s) URL")
+            raise PrometheusConfigError(f"dashboard URL {redact_url(url)!r} is not an http(s) URL")
         self.url = base.join(DASHBOARD_SD_PATH)
+        self.shown = redact_url(str(self.url))
+        """The URL as it appears in any text: without credentials."""
 
     @property
     def description(self) -> str:
-        return f"Ray dashboard service discovery {self.url}"
+        return f"Ray dashboard service discovery {self.shown}"
 
     async def discover(self, client: httpx.AsyncClient) -> tuple[Target, ...]:
         try:
             response = await client.get(self.url, headers={"Accept": "application/json"})
         except httpx.HTTPError as e:
             raise DiscoveryError(
-                f"cannot reach Ray's dashboard at {self.url} ({type(e).__name__}: {e}); is the dashboard "
-                "running (ray[default]) and is the address right?"
+                f"cannot reach Ray's dashboard at {self.shown} ({type(e).__name__}: {redact_text(str(e))}); "
+                "is the dashboard running (ray[default]) and is the address right?"
             ) from e
         if response.status_code != 200:
             raise DiscoveryError(
-                f"Ray's dashboard answered HTTP {response.status_code} at {self.url}: "
+                f"Ray's dashboard answered HTTP {response.status_code} at {self.shown}: "
                 f"{excerpt(response.text)!r}"
             )
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DiscoveryError(f"{self.url} did not answer JSON ({e}); expected {_SD_FORMAT}") from e
-        return parse_service_discovery(data, source=str(self.url))
+            raise DiscoveryError(f"{self.shown} did not answer JSON ({e}); expected {_SD_FORMAT}") from e
+        except RecursionError:
+            raise DiscoveryError(f"{self.shown} answered JSON nested too deeply to read") from None
+        return parse_service_discovery(data, source=self.shown)
