@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -369,6 +370,20 @@ async def test_basic_auth_with_password_file(tmp_path: Path) -> None:
     assert rec.requests[0].headers["Authorization"] == _basic("ray", "from-file")
 
 
+async def test_credentials_in_the_url_are_sent_as_basic_auth_not_in_the_url() -> None:
+    rec = Recorder(httpx.Response(200, json=vector()))
+    settings = PrometheusConfig(url="http://ray%40corp:p%3Aw@prom.test:9090/sub/", bearer_token="ignored")
+    async with PrometheusSource(config=settings, transport=httpx.MockTransport(rec)) as src:
+        assert src.url == "http://prom.test:9090/sub/"
+        await src.query("up")
+    request = rec.requests[0]
+    # As httpx does with userinfo itself: it wins over the configured header, percent-decoded.
+    assert request.headers["Authorization"] == _basic("ray@corp", "p:w")
+    assert request.url.userinfo == b"" and str(request.url).startswith(
+        "http://prom.test:9090/sub/api/v1/query"
+    )
+
+
 async def test_no_auth_sends_no_authorization_header() -> None:
     rec = Recorder(httpx.Response(200, json=vector()))
     async with source(rec) as src:
@@ -409,6 +424,70 @@ def test_unreadable_ca_file(tmp_path: Path) -> None:
 def test_unknown_query_override() -> None:
     with pytest.raises(PrometheusConfigError, match="valid names are"):
         PrometheusSource(config=PrometheusConfig(url=URL, queries={"backlog": "x"}))
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://prom.test:99999", "port 99999 is not in 1-65535"),
+        ("http://prom.test:-1", "port -1 is not in 1-65535"),
+        ("http://[::1", "is not a valid URL"),
+        ("http://prom.test:abc", "is not a valid URL"),
+    ],
+)
+def test_a_url_httpx_cannot_use_is_a_config_error(url: str, says: str) -> None:
+    with pytest.raises(PrometheusConfigError, match=re.escape(says)):
+        PrometheusSource(config=PrometheusConfig(url=url))
+
+
+# --- answers and requests that used to escape as exceptions ------------------------------------------------
+
+
+async def test_json_nested_past_the_recursion_limit_is_an_error() -> None:
+    rec = Recorder(httpx.Response(200, content=b"[" * 50_000 + b"]" * 50_000))
+    async with source(rec) as src:
+        result = await src.query("up")
+    assert result.error is not None and "nested too deeply" in result.error
+
+
+async def test_deeply_nested_values_are_shown_briefly() -> None:
+    deep = b"[" * 500 + b'"1"' + b"]" * 500
+    body = b'{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": %s}]}}'
+    rec = Recorder(httpx.Response(200, content=body % deep))
+    async with source(rec) as src:
+        result = await src.query("up")
+    assert result.error is not None and "bad sample value [[[[...]]]]" in result.error
+
+
+async def test_a_query_too_long_for_a_url_is_an_error() -> None:
+    rec = Recorder(httpx.Response(200, json=vector()))
+    async with source(rec) as src:
+        result = await src.query("x" * 70_000)
+    assert rec.requests == []
+    assert result.error is not None and "InvalidURL" in result.error
+
+
+async def test_pending_lists_the_unanswered_queries_oldest_first() -> None:
+    release, both_sent = asyncio.Event(), asyncio.Event()
+    sent = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        if sent == 2:
+            both_sent.set()
+        await release.wait()
+        return httpx.Response(200, json=vector())
+
+    async with source(handler) as src:
+        first = asyncio.create_task(src.query("first", at=5.0))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(src.query("second"))
+        await both_sent.wait()
+        assert src.pending() == [("first", 5.0), ("second", None)]
+        release.set()
+        await asyncio.gather(first, second)
+        assert src.pending() == []
 
 
 async def test_insecure_skip_verify_builds() -> None:
