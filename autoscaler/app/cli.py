@@ -1,16 +1,19 @@
 """The ``raytide`` command line.
 
 Each command imports what it needs when it runs: ``raytide --help``, ``policies`` and ``check-config`` must
-not pay for scikit-learn, SciPy or Ray.
+not pay for scikit-learn, SciPy or Ray. Every message goes out as plain text (no rich markup), without URL
+credentials or control characters, and every failure ends in a documented exit code with one message.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:
     from autoscaler.core.config import Config
@@ -31,11 +34,25 @@ EXIT_MISSING_METRICS = 4
 EXIT_STATE = 5
 
 
-def _parse_duration(text: str) -> float:
+def _say(message: str, style: str = "", *, console: Console | None = None, one_line: bool = False) -> None:
+    """Print ``message`` as text, never as markup: outside text (server answers, labels, configuration
+    values) goes out with URL credentials masked and control characters removed."""
+    from autoscaler.core.redact import printable, redact_text
+
+    shown = printable(redact_text(message), newlines=not one_line)
+    (console or err).print(Text(shown, style=style), highlight=False)
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    _say(message, "red")
+    return typer.Exit(code)
+
+
+def _parse_duration(text: str, *, positive: bool = False) -> float:
     from autoscaler.core.durations import DurationError, parse_duration
 
     try:
-        return parse_duration(text)
+        return parse_duration(text, positive=positive)
     except DurationError as e:
         raise typer.BadParameter(str(e)) from None
 
@@ -52,27 +69,42 @@ def _load(config_path: Path | None) -> tuple[Config, str]:
 @app.command("check-config")
 def check_config(
     config: Annotated[Path, typer.Argument(help="The raytide YAML configuration to check.")],
+    load_plugins: Annotated[
+        bool,
+        typer.Option(
+            "--load-plugins",
+            help="Also import the policy plugin the file names and build it with its options (runs its "
+            "code).",
+        ),
+    ] = False,
 ) -> None:
-    """Validate a configuration file and report every problem with its path (and line) in the file."""
+    """Validate a configuration file and report every problem with its path (and line) in the file.
+
+    Checking runs none of the file's code: raytide's own policies are loaded to check their options, but a
+    plugin (another package's installed policy, or a 'module:attr' reference) is only imported with
+    --load-plugins; without it the reference is reported as not checked. Exit codes: 0 valid; 2 a problem.
+    """
     from autoscaler.app.config_file import load_config
-    from autoscaler.app.plugins import PolicyLoadError, load_policy
+    from autoscaler.app.plugins import PolicyLoadError, check_policy
     from autoscaler.core.config import ConfigError
 
     try:
         cfg = load_config(config)
     except ConfigError as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise _fail(EXIT_CONFIG, str(e)) from None
     try:
-        load_policy(cfg.policy.name, cfg.policy.options)
+        note = check_policy(cfg.policy.name, cfg.policy.options, load_plugins=load_plugins)
     except PolicyLoadError as e:
-        err.print(f"[red]{config}: policy: {e}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
-    Console().print(
+        raise _fail(EXIT_CONFIG, f"{config}: policy: {e}") from None
+    _say(
         f"{config}: OK — {len(cfg.shapes)} node shape(s), {len(cfg.stages)} stage profile(s), "
         f"policy {cfg.policy.name!r}",
-        highlight=False,
+        console=Console(),
     )
+    if note is not None:
+        _say(f"note: {note}", "yellow")
+    for warning in cfg.warnings():
+        _say(f"warning: {warning}", "yellow")
 
 
 def _ray_address(given: str | None) -> str | None:
@@ -91,11 +123,6 @@ def _ray_address(given: str | None) -> str | None:
     except OSError:
         return None
     return text.splitlines()[0].strip() if text else None
-
-
-def _fail(code: int, message: str) -> typer.Exit:
-    err.print(f"[red]{message}[/red]", highlight=False)
-    return typer.Exit(code)
 
 
 @app.command("run")
@@ -130,7 +157,10 @@ def run(
     from autoscaler.app.wiring import WiringError, WiringOptions, wire
     from autoscaler.core.config import ConfigError
     from autoscaler.core.queries import PrometheusConfigError
+    from autoscaler.ports import StateError
 
+    if interval is not None and not (math.isfinite(interval) and interval > 0):
+        raise typer.BadParameter("--interval must be a finite number > 0")
     try:
         cfg = load_config(config)
         policy = load_policy(cfg.policy.name, cfg.policy.options)
@@ -138,8 +168,6 @@ def run(
         raise _fail(EXIT_CONFIG, str(e)) from None
     except PolicyLoadError as e:
         raise _fail(EXIT_CONFIG, f"{config}: policy: {e}") from None
-    if interval is not None and not interval > 0:
-        raise typer.BadParameter("--interval must be > 0")
     address = _ray_address(ray_address or cfg.ray.address)
     if address is None:
         raise _fail(
@@ -165,20 +193,20 @@ def run(
     async def main() -> int:
         async with wiring.daemon() as daemon:
             if wiring.endpoint_url is not None:
-                err.print(f"raytide: metrics and health on {wiring.endpoint_url}", highlight=False)
+                _say(f"raytide: metrics and health on {wiring.endpoint_url}")
             await daemon.start()
             await daemon.run(max_ticks=1 if once else None)
         last = daemon.last
         if once and last is not None:
-            Console().print(
+            _say(
                 f"tick {last.tick}: targets {last.plan.targets()}"
                 + (" (held)" if last.plan.held else "")
                 + (f"; floor {last.floor}" if last.floor is not None else "")
                 + (f"; drained {', '.join(last.drained)}" if last.drained else ""),
-                highlight=False,
+                console=Console(),
             )
             for line in last.errors:
-                err.print(f"  - {line}", highlight=False)
+                _say(f"  - {line}", one_line=True)
             return EXIT_MISSING_METRICS if last.degraded else 0
         return 0
 
@@ -186,6 +214,8 @@ def run(
         code = asyncio.run(main())
     except PrometheusConfigError as e:
         raise _fail(EXIT_CONFIG, f"{config}: prometheus: {e}") from None
+    except StateError as e:
+        raise _fail(EXIT_STATE, str(e)) from None
     except OSError as e:
         raise _fail(EXIT_SOURCE, f"cannot start: {e}") from None
     finally:
@@ -198,9 +228,13 @@ def run(
 def policies() -> None:
     """List the installed policies (entry-point group ``raytide.policies``)."""
     from autoscaler.app.plugins import installed_policies
+    from autoscaler.core.redact import printable
 
+    out = Console()
     for name, target in installed_policies().items():
-        Console().print(f"{name}\t{target}", highlight=False)
+        out.print(
+            Text(f"{printable(name, newlines=False)}\t{printable(target, newlines=False)}"), highlight=False
+        )
 
 
 @app.command("recommend")
@@ -216,11 +250,19 @@ def recommend(
         str, typer.Option(help="How much recent history to learn throughput from (e.g. 5m).")
     ] = "5m",
     step: Annotated[str, typer.Option(help="Spacing of the history samples (e.g. 15s).")] = "15s",
+    deadline: Annotated[
+        str,
+        typer.Option(
+            metavar="SECONDS",
+            help="Give up reading Prometheus after this long, retries included (seconds, or e.g. 1m); the "
+            "message names the query still unanswered.",
+        ),
+    ] = "30s",
 ) -> None:
     """Dry run: what should this cluster look like, and why? Reads Prometheus, changes nothing.
 
-    Exit codes: 0 plan made; 2 bad configuration; 3 Prometheus unreachable or failing;
-    4 metrics missing or unknown (the plan, if printed, holds the cluster as it is).
+    Exit codes: 0 plan made; 2 bad configuration; 3 Prometheus unreachable, failing or slower than
+    --deadline; 4 metrics missing or unknown (the plan, if printed, holds the cluster as it is).
     """
     import asyncio
     import json
@@ -230,62 +272,74 @@ def recommend(
 
     from autoscaler.adapters.prometheus import PrometheusSource
     from autoscaler.app.plugins import PolicyLoadError, load_policy
-    from autoscaler.app.recommend import fetch_history, recommend_from, sample_times
+    from autoscaler.app.recommend import (
+        PROBE_QUERY,
+        DeadlineExceeded,
+        fetch_history,
+        recommend_from,
+        sample_times,
+        within_deadline,
+    )
     from autoscaler.app.report import recommendation_json, render_recommendation
     from autoscaler.core.config import ConfigError
     from autoscaler.core.queries import PrometheusConfigError
+    from autoscaler.core.redact import redact_url
 
     history_s, step_s = _parse_duration(history), _parse_duration(step)
+    deadline_s = _parse_duration(deadline, positive=True)
     if step_s <= 0:
         raise typer.BadParameter("--step must be > 0")
+    try:
+        times = sample_times(time.time(), history_s, step_s)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     try:
         cfg, source_name = _load(config)
         cfg = cfg.model_copy(update={"prometheus": cfg.prometheus.model_copy(update={"url": prometheus})})
         policy = load_policy(cfg.policy.name, cfg.policy.options)
     except ConfigError as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise _fail(EXIT_CONFIG, str(e)) from None
     except PolicyLoadError as e:
-        err.print(f"[red]policy: {e}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise _fail(EXIT_CONFIG, f"policy: {e}") from None
     if config is None and not as_json:
-        err.print(f"using {source_name} (shapes {', '.join(s.name for s in cfg.shapes)}); pass --config FILE")
+        _say(f"using {source_name} (shapes {', '.join(s.name for s in cfg.shapes)}); pass --config FILE")
 
-    times = sample_times(time.time(), history_s, step_s)
+    async def read(source: PrometheusSource) -> tuple[str | None, list[Snapshot]]:
+        # One cheap probe first: an unreachable or failing server is a different fix from missing metrics.
+        probe = await source.query(PROBE_QUERY)
+        if probe.error is not None:
+            return probe.error, []
+        with Progress(
+            TextColumn("reading metrics"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("history", total=len(times))
+            snaps = await fetch_history(
+                source, cfg, times, progress=lambda done, _total: bar.update(task, completed=done)
+            )
+            return None, snaps
 
     async def gather() -> tuple[str | None, list[Snapshot]]:
         async with PrometheusSource(config=cfg.prometheus) as source:
-            # One cheap probe first: an unreachable or failing server is a different fix from missing metrics.
-            probe = await source.query("vector(1)")
-            if probe.error is not None:
-                return probe.error, []
-            with Progress(
-                TextColumn("reading metrics"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                console=err,
-                transient=True,
-                disable=not err.is_terminal,
-            ) as bar:
-                task = bar.add_task("history", total=len(times))
-                snaps = await fetch_history(
-                    source, cfg, times, progress=lambda done, _total: bar.update(task, completed=done)
-                )
-                return None, snaps
+            return await within_deadline(read(source), deadline_s, source)
 
     try:
         failure, snapshots = asyncio.run(gather())
     except PrometheusConfigError as e:
-        err.print(f"[red]prometheus: {e}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise _fail(EXIT_CONFIG, f"prometheus: {e}") from None
+    except DeadlineExceeded as e:
+        raise _fail(EXIT_SOURCE, str(e)) from None
     if failure is not None:
-        err.print(
-            f"[red]Prometheus at {prometheus} is not usable: {failure}[/red]\n"
+        raise _fail(
+            EXIT_SOURCE,
+            f"Prometheus at {redact_url(prometheus)} is not usable: {failure}\n"
             "Check the URL (--prometheus), that the server is up, and the auth and TLS settings under "
             "'prometheus:' in the configuration.",
-            highlight=False,
         )
-        raise typer.Exit(EXIT_SOURCE)
     latest = snapshots[-1]
     rec = recommend_from(snapshots, cfg, policy)
     doc = recommendation_json(
@@ -296,23 +350,20 @@ def recommend(
     else:
         render_recommendation(doc, Console())
     if not latest.stages:
-        err.print(
-            "[red]no pipeline stages found: Prometheus has no Ray Data operator metrics "
-            "(ray_data_operator_queued_blocks).[/red] Is a Ray Data job running, and does Prometheus scrape "
+        raise _fail(
+            EXIT_MISSING_METRICS,
+            "no pipeline stages found: Prometheus has no Ray Data operator metrics "
+            "(ray_data_operator_queued_blocks). Is a Ray Data job running, and does Prometheus scrape "
             "Ray's exporters (/tmp/ray/prom_metrics_service_discovery.json)? For another exporter, override "
             "the templates under prometheus.queries.",
-            highlight=False,
         )
-        raise typer.Exit(EXIT_MISSING_METRICS)
     if latest.errors or not latest.inputs_complete:
-        err.print(
-            "[yellow]some metrics are missing or unknown — the plan holds the cluster as it is:[/yellow]"
-        )
+        _say("some metrics are missing or unknown — the plan holds the cluster as it is:", "yellow")
         for line in latest.errors:
-            err.print(f"  - {line}", highlight=False)
+            _say(f"  - {line}", one_line=True)
         for st in latest.stages:
             for why in st.unknown_reasons():
-                err.print(f"  - {why}", highlight=False)
+                _say(f"  - {why}", one_line=True)
         raise typer.Exit(EXIT_MISSING_METRICS)
 
 

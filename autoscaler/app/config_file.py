@@ -14,6 +14,15 @@ def load_config(path: Path | str) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(p), [ConfigProblem("(file)", None, f"cannot read: {e.strerror or e}")]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            str(p),
+            [
+                ConfigProblem(
+                    "(file)", None, f"is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+                )
+            ],
+        ) from None
     return parse_config(text, str(p))
 
 

@@ -1,6 +1,8 @@
 """A recommendation as a stable JSON document and as rich tables — two views of the same data.
 
 The JSON layout is documented in docs/recommend-json.md; ``schema`` changes whenever a field's meaning does.
+The tables hold only ``Text`` cells: stage names and reasons come from the cluster's labels, and are shown as
+they are (no markup) without control characters.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoscaler.core.decide import Decision
+from autoscaler.core.redact import printable
 from autoscaler.core.warm_pool import PoolTargets
 from autoscaler.types import Reading, Snapshot
 
@@ -116,12 +119,17 @@ def recommendation_json(
     }
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def _fmt(v: Any, digits: int = 3) -> Text:
     if v is None:
-        return "unknown"
+        return Text("unknown")
     if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
+        return Text(f"{v:.{digits}g}")
+    return _text(str(v))
+
+
+def _text(value: str, style: str = "") -> Text:
+    """Outside text as one line of a table or list: never markup, no control characters."""
+    return Text(printable(value, newlines=False), style=style)
 
 
 def render_recommendation(doc: Mapping[str, Any], console: Console) -> None:
@@ -130,14 +138,14 @@ def render_recommendation(doc: Mapping[str, Any], console: Console) -> None:
     for col in ("stage", "backlog", "throughput/s", "arrival/s", "busy slots", "needs/s"):
         st_table.add_column(col, justify="right" if col != "stage" else "left")
     for name in shape_names:
-        st_table.add_column(f"rate/slot on {name}", justify="right")
+        st_table.add_column(_text(f"rate/slot on {name}"), justify="right")
     for st in doc["stages"]:
-        label = Text(st["name"])
+        label = _text(st["name"])
         if st["bottleneck"]:
             label.append(" ◀ bottleneck", style="bold red")
         if st["hold"]:
             label.append(" (hold)", style="yellow")
-        row: list[Text | str] = [
+        row: list[Text] = [
             label,
             _fmt(st["backlog"]),
             _fmt(st["throughput"]),
@@ -148,7 +156,9 @@ def render_recommendation(doc: Mapping[str, Any], console: Console) -> None:
         for name in shape_names:
             r = st["rates"].get(name)
             row.append(
-                "—" if r is None else f"{r['per_slot_rate']:.3g} ({r['confidence']:.0%}, {r['source']})"
+                Text("—")
+                if r is None
+                else _text(f"{r['per_slot_rate']:.3g} ({r['confidence']:.0%}, {r['source']})")
             )
         st_table.add_row(*row)
 
@@ -159,22 +169,30 @@ def render_recommendation(doc: Mapping[str, Any], console: Console) -> None:
         change = p["change"]
         style = "green" if change > 0 else "red" if change < 0 else ""
         plan_table.add_row(
-            p["shape"],
-            str(p["current"]),
-            str(p["target"]),
+            _text(p["shape"]),
+            Text(str(p["current"])),
+            Text(str(p["target"])),
             Text(f"{change:+d}", style=style),
-            f"{p['cost_per_hour_now']:.2f}",
-            f"{p['cost_per_hour_target']:.2f}",
-            p["reason"],
+            Text(f"{p['cost_per_hour_now']:.2f}"),
+            Text(f"{p['cost_per_hour_target']:.2f}"),
+            _text(p["reason"]),
         )
     cost = doc["cost_per_hour"]
     plan_table.add_section()
-    plan_table.add_row("total", "", "", "", f"{cost['now']:.2f}", f"{cost['target']:.2f}", "")
+    plan_table.add_row(
+        Text("total"),
+        Text(),
+        Text(),
+        Text(),
+        Text(f"{cost['now']:.2f}"),
+        Text(f"{cost['target']:.2f}"),
+        Text(),
+    )
 
     parts: list[Any] = [st_table, plan_table]
     for u in doc["unmet"]:
         parts.append(
-            Text(
+            _text(
                 f"unmet: {u['stage']} needs {u['target_rate']:.3g}/s, plan gives {u['planned_rate']:.3g}/s — "
                 f"{u['reason']}",
                 style="yellow",
@@ -183,9 +201,9 @@ def render_recommendation(doc: Mapping[str, Any], console: Console) -> None:
     pool = doc.get("warm_pool")
     if pool:
         standby = ", ".join(f"{k} {v}" for k, v in pool["standby"].items() if v) or "none"
-        parts.append(Text(f"warm pool: {standby} standby ({pool['cost_per_hour']:.2f} $/h)"))
+        parts.append(_text(f"warm pool: {standby} standby ({pool['cost_per_hour']:.2f} $/h)"))
         for shape, why in pool["reasons"].items():
-            parts.append(Text(f"  {shape}: {why}", style="dim"))
+            parts.append(_text(f"  {shape}: {why}", style="dim"))
     if doc["held"]:
-        parts.append(Text("holding the cluster as it is: " + "; ".join(doc["reasons"]), style="yellow"))
+        parts.append(_text("holding the cluster as it is: " + "; ".join(doc["reasons"]), style="yellow"))
     console.print(Group(*parts))
