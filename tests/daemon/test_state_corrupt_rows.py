@@ -1,7 +1,7 @@
-"""Fuzzing the state rows (Hypothesis, bounded, derandomized): any value in any column of the state row, the
-decision log, the actions table or the run marker — wrong types, broken or deeply nested JSON, valid JSON of the wrong shape —
-gives a clear ``StateStoreError`` (or, from the daemon, a ``StateError``) or a held tick; never another
-exception."""
+"""Fuzzing the state rows (Hypothesis, bounded, derandomized): any value in any column of the state row,
+the decision log, the actions table or the run marker — wrong types, broken or deeply nested JSON, valid
+JSON of the wrong shape — gives a clear ``StateStoreError`` (or, from the daemon, a ``StateError``) or a
+held tick; never another exception."""
 
 from __future__ import annotations
 
