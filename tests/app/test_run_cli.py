@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from autoscaler.adapters.state_store import StateStore
 from autoscaler.app import wiring
-from autoscaler.app.cli import EXIT_CONFIG, EXIT_STATE, app
+from autoscaler.app.cli import EXIT_CONFIG, EXIT_MISSING_METRICS, EXIT_STATE, app
 from autoscaler.core.config import Config
 from autoscaler.core.policy_api import Policy
 from autoscaler.ports import ClusterState, MetricsSource
@@ -29,9 +29,15 @@ class FakeWiring(wiring.Wiring):
     """The real wiring's daemon, with fakes for Ray and the metrics source."""
 
     def __init__(
-        self, config: Config, policy: Policy, options: wiring.WiringOptions, store: StateStore
+        self,
+        config: Config,
+        policy: Policy,
+        options: wiring.WiringOptions,
+        store: StateStore,
+        source_failure: Exception | None = None,
     ) -> None:
         self.cluster = FakeCluster()
+        self.source_failure = source_failure
         super().__init__(
             config=config,
             policy=policy,
@@ -46,7 +52,9 @@ class FakeWiring(wiring.Wiring):
         return self.cluster()
 
     def metrics_source(self) -> MetricsSource:  # type: ignore[override]
-        return _ClosingSource()
+        source = _ClosingSource()
+        source.fail = self.source_failure
+        return source
 
 
 class _ClosingSource(FakeSource):
@@ -70,12 +78,14 @@ def state_db(tmp_path: Path) -> Path:
     return path
 
 
-def run_once(tmp_path: Path, state_db: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+def run_once(
+    tmp_path: Path, state_db: Path, monkeypatch: pytest.MonkeyPatch, source_failure: Exception | None = None
+) -> tuple[int, str, str]:
     config = tmp_path / "raytide.yaml"
     config.write_text(CONFIG_TEXT, encoding="utf-8")
 
     def wire(cfg: Config, policy: Policy, options: wiring.WiringOptions) -> wiring.Wiring:
-        return FakeWiring(cfg, policy, options, StateStore(state_db))
+        return FakeWiring(cfg, policy, options, StateStore(state_db), source_failure)
 
     monkeypatch.setattr(wiring, "wire", wire)
     result = CliRunner().invoke(
@@ -94,6 +104,17 @@ def test_a_good_state_file_runs_a_tick(
     code, out, errout = run_once(tmp_path, state_db, monkeypatch)
     assert code == 0, errout
     assert out.startswith("tick 2: targets")
+
+
+def test_a_degraded_tick_lists_its_errors_as_plain_text(
+    tmp_path: Path, state_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failure = RuntimeError("[/] [bold]x \x1b[2J\x1b]0;title\x07 at http://raytide:hunter2-secret@prom:9090")
+    code, out, errout = run_once(tmp_path, state_db, monkeypatch, failure)
+    assert code == EXIT_MISSING_METRICS
+    assert out.startswith("tick 2: targets")
+    assert "[/] [bold]x" in errout and "http://***@prom:9090" in errout
+    assert "hunter2-secret" not in errout and "\x1b" not in errout and "\x07" not in errout
 
 
 @pytest.mark.parametrize(
