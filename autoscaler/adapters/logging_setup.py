@@ -135,3 +135,6 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request at INFO: one line per query per tick would drown raytide's own lines.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))

@@ -25,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help formatter costs more start-up time than the rest of `--help` together.
+    rich_markup_mode=None,
 )
 err = Console(stderr=True)
 
@@ -152,6 +154,7 @@ def run(
     """
     import asyncio
 
+    from autoscaler.adapters.http_endpoint import TokenFileError
     from autoscaler.app.config_file import load_config
     from autoscaler.app.plugins import PolicyLoadError, load_policy
     from autoscaler.app.wiring import WiringError, WiringOptions, wire
@@ -216,6 +219,8 @@ def run(
         raise _fail(EXIT_CONFIG, f"{config}: prometheus: {e}") from None
     except StateError as e:
         raise _fail(EXIT_STATE, str(e)) from None
+    except TokenFileError as e:
+        raise _fail(EXIT_CONFIG, f"{config}: {e}") from None
     except OSError as e:
         raise _fail(EXIT_SOURCE, f"cannot start: {e}") from None
     finally:

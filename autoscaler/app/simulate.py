@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+
+from autoscaler.core.redact import printable
 
 if TYPE_CHECKING:
     # The CLI registers this command at start-up: the simulator (numpy, the decision stack) is imported
@@ -94,7 +98,11 @@ def _table(sc: SimScenario, runs: dict[str, RunResult]) -> Table:
         conv = "—"
         if m.convergence:
             conv = f"{_fmt_opt(m.decisions_to_converge, 'd')}/{_fmt_opt(m.decisions_to_converge_down, 'd')}"
-        name = policy if not m.policy_errors else f"{policy} [red]({m.policy_errors} policy errors)[/red]"
+        name = (
+            policy
+            if not m.policy_errors
+            else f"{escape(policy)} [red]({m.policy_errors} policy errors)[/red]"
+        )
         table.add_row(
             name,
             f"{m.cost:.2f}",
@@ -164,10 +172,10 @@ def simulate(
         if override is not None:
             loaded = [(p, sc.with_duration(override)) for p, sc in loaded]
     except ConfigError as e:
-        _err.print(f"[red]{e}[/red]", highlight=False)
+        _err.print(Text(printable(str(e)), style="red"), highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     except ValueError as e:
-        _err.print(f"[red]{e}[/red]", highlight=False)
+        _err.print(Text(printable(str(e)), style="red"), highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     if not loaded:
         _err.print("[red]no scenarios to run[/red]")
@@ -175,7 +183,7 @@ def simulate(
     try:
         policies = load_policies(policy, warn=_err)
     except PolicyLoadError as e:
-        _err.print(f"[red]policy: {e}[/red]", highlight=False)
+        _err.print(Text("policy: " + printable(str(e)), style="red"), highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     if not policies:
         _err.print("[red]no policy could be loaded[/red]")

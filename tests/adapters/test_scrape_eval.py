@@ -363,6 +363,8 @@ def test_parse_service_discovery_as_ray_writes_it() -> None:
         [{"targets": ["no-port"]}],
         [{"targets": [1]}],
         [{"targets": [], "labels": 1}],
+        [{"targets": ["h:99999"]}],
+        [{"targets": ["h:0"]}],
     ],
 )
 def test_parse_service_discovery_rejects_other_shapes(data: object) -> None:

@@ -77,9 +77,13 @@ _SD_FORMAT = 'a JSON list of {"labels": {...}, "targets": ["host:port", ...]} (P
 
 
 def _check_address(address: object, where: str) -> str:
-    if not isinstance(address, str) or not _ADDRESS.match(address):
+    if (
+        not isinstance(address, str)
+        or not _ADDRESS.match(address)
+        or not 0 < int(address.rsplit(":", 1)[1]) < 65536
+    ):
         shown = redact_url(address) if isinstance(address, str) else address
-        raise DiscoveryError(f"{where}: target {shown!r} is not host:port")
+        raise DiscoveryError(f"{where}: target {shown!r} is not host:port (port 1-65535)")
     return address
 
 
