@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+# The replayed capture plays in real time, so what a recommendation sees depends on when it reads: load the
+# decision stack (scikit-learn, SciPy: seconds) here, at collection, not inside the first command, whose
+# reading would otherwise land later in the capture than the assertions below were written for.
+import autoscaler.app.recommend  # noqa: F401
 from autoscaler.app.cli import EXIT_CONFIG, EXIT_MISSING_METRICS, EXIT_SOURCE, app
 from tests.integration.replay import PrometheusServer, free_port
 
