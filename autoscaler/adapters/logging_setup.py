@@ -135,6 +135,7 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
-    # httpx logs every request at INFO: one line per query per tick would drown raytide's own lines.
+    # httpx logs every request at INFO: one line per query per tick would drown raytide's own lines. At DEBUG
+    # they are wanted.
     for chatty in ("httpx", "httpcore"):
-        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+        logging.getLogger(chatty).setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))

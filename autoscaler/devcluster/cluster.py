@@ -93,11 +93,21 @@ def _acquire_machine_lock() -> IO[str]:
     return f
 
 
+# Ports Ray's own processes bind on their own later (autoscaler and dashboard metrics, dashboard, GCS, client
+# server, metrics export): the kernel may hand one out as "free" before they do, and then two processes of
+# the same cluster race for it.
+_RAY_FIXED_PORTS = frozenset({44217, 44227, 8265, 6379, 8080, 10001, 52365})
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (racy by nature, fine for a single-user test host)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now and no Ray process binds by default (racy by nature, fine for a
+    single-user test host)."""
+    while True:
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _RAY_FIXED_PORTS:
+            return port
 
 
 def _ray_cli() -> str:

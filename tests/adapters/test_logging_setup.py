@@ -91,3 +91,12 @@ def test_bad_arguments_raise() -> None:
         configure_logging("json", "LOUD")
     with pytest.raises(ValueError, match="unknown log format"):
         configure_logging("xml", "INFO")  # type: ignore[arg-type]
+
+
+def test_httpx_request_lines_only_at_debug() -> None:
+    import io
+
+    configure_logging("text", "INFO", stream=io.StringIO())
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    configure_logging("text", "DEBUG", stream=io.StringIO())
+    assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)

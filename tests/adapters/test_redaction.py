@@ -118,7 +118,7 @@ def test_json_lines_escape_c1_controls_and_text_lines_drop_all_controls() -> Non
 
 async def test_httpx_request_log_line_has_no_password() -> None:
     out = io.StringIO()
-    configure_logging("json", "INFO", stream=out)
+    configure_logging("json", "DEBUG", stream=out)  # httpx's request lines are logged at DEBUG only
     transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"status": "success", "data": {}}))
     config = PrometheusConfig(url=f"http://raytide:{PASSWORD}@prom:9090")
     async with PrometheusSource(config=config, transport=transport) as src:
