@@ -92,6 +92,20 @@ def _has_data(series: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(v)) for s in series for _, v in s["values"])
 
 
+# Counters of events this run may not produce: a warm-pool miss happens only when a burst outgrows the pool.
+# Until raytide has counted one, its series does not exist and a query over it is rightly empty.
+EVENT_COUNTERS = ("raytide_warm_pool_misses_total",)
+
+
+def _event_free(missing: dict[str, str], metrics: bytes) -> dict[str, str]:
+    """Drop 'no data' for queries over event counters raytide has not counted yet (errors stay)."""
+    text = metrics.decode()
+    absent = [name for name in EVENT_COUNTERS if f"{name}{{" not in text]
+    return {
+        k: v for k, v in missing.items() if not (v.startswith("no data:") and any(n in v for n in absent))
+    }
+
+
 def _missing(prom: Prometheus, queries: list[dashboard.Query], start: float) -> dict[str, str]:
     missing: dict[str, str] = {}
     end = time.time()
@@ -167,7 +181,9 @@ def test_every_dashboard_query_returns_data(cluster: LocalAutoscalingCluster, tm
         while missing and time.monotonic() < deadline:
             assert raytide.process.poll() is None, f"raytide exited\n{raytide.log_tail()}"
             time.sleep(STEP_S)
-            missing = _missing(prom, queries, start)
+            missing = _event_free(
+                _missing(prom, queries, start), http_get(f"http://127.0.0.1:{port}/metrics")
+            )
         if missing:
             pytest.fail(
                 "dashboard queries without data:\n"
