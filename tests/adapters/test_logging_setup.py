@@ -6,24 +6,12 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from autoscaler.adapters.logging_setup import configure_logging
 
-
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 def lines(stream: io.StringIO) -> list[str]:

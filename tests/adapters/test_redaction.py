@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,27 +15,12 @@ from autoscaler.adapters.prometheus import PrometheusConfigError, PrometheusSour
 from autoscaler.adapters.scrape import DashboardDiscovery, DiscoveryError
 from autoscaler.core.config import PrometheusConfig
 from autoscaler.core.redact import printable, redact_text, redact_url
+from tests.support.net import closed_port
 
 PASSWORD = "hunter2-secret"
 
 
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        root.setLevel(level)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 # --- the helpers --------------------------------------------------------------------------------------------

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import socket
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,27 +18,12 @@ from autoscaler.adapters.state_store import StateStore
 from autoscaler.adapters.telemetry import Telemetry
 from autoscaler.core.config import PrometheusConfig
 from tests.support.daemon_fakes import FakeActuator, FakeCluster, make_daemon
+from tests.support.net import closed_port
 
 PASSWORD = "hunter2-secret"
 
 
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        root.setLevel(level)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 def everything_in(db: Path) -> str:
